@@ -1,0 +1,287 @@
+//! The broadcaster thread: it alone owns the metric totals and the subscribers' senders.
+//!
+//! Workers send it their counts in batches ([`StatsDelta`]), the supervisor sends worker
+//! lifecycle events, user threads ask it for snapshots and subscriptions over a control
+//! channel. Every `metrics_interval` a `tick()` makes it broadcast a snapshot with
+//! non-blocking sends; a subscriber whose buffer is full is evicted on the spot, so a stalled
+//! subscriber never slows anyone down.
+//!
+//! Each subscriber's channel has one slot more than the capacity it asked for, and eviction
+//! happens when the asked-for part is full: the last slot is reserved for the final
+//! `Shutdown` event, which therefore always arrives, without ever blocking.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, never, select, tick};
+
+use crate::message::{Control, StatsDelta, ToBroadcaster, WorkerId};
+use crate::metrics::{
+    Histogram, MetricsEvent, MetricsSnapshot, ShutdownSummary, WorkerEvent, WorkerEventKind,
+    WorkerSnapshot, WorkerState,
+};
+
+/// The counter that submitting handles share with the broadcaster.
+///
+/// `rejected` is bumped only on a failed submit, never on the accepted fast path; a message
+/// per rejection would cost more than the rejection itself. Written with `Relaxed` by any
+/// submitter, read with `Relaxed` here: it is a statistic, and no other memory depends on it.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) rejected: AtomicU64,
+}
+
+/// Reads the number of queued requests (the sum of the queues' `len()`).
+pub(crate) type QueueLen = Box<dyn Fn() -> usize + Send>;
+
+struct Subscriber {
+    tx: Sender<MetricsEvent>,
+    /// The capacity the subscriber asked for; its channel has one more slot.
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct WorkerTotals {
+    totals: StatsDelta,
+    state: Option<WorkerState>,
+    restarts: u64,
+    /// Handler nanoseconds at the last tick, for the busy fraction.
+    busy_base: u64,
+    busy: f64,
+}
+
+pub(crate) struct Broadcaster {
+    pub(crate) inbox: Receiver<ToBroadcaster>,
+    pub(crate) control: Receiver<Control>,
+    /// `None` with metrics off: no periodic snapshots.
+    pub(crate) interval: Option<Duration>,
+    pub(crate) workers: usize,
+    pub(crate) queue_len: QueueLen,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) started: Instant,
+}
+
+struct State {
+    subscribers: Vec<Subscriber>,
+    seq: u64,
+    workers: Vec<WorkerTotals>,
+    handler: Histogram,
+    wait: Histogram,
+    evicted: u64,
+    /// The largest `submitted` reported so far: it is derived, and must never go backwards.
+    submitted: u64,
+    last_tick: Instant,
+    finished_at_tick: u64,
+    throughput: f64,
+}
+
+impl Broadcaster {
+    /// The thread's body: runs until the supervisor sends `Finish`; returns the exact totals.
+    pub(crate) fn run(self) -> ShutdownSummary {
+        let mut st = State {
+            subscribers: Vec::new(),
+            seq: 0,
+            workers: (0..self.workers)
+                .map(|_| WorkerTotals {
+                    state: Some(WorkerState::Starting),
+                    ..Default::default()
+                })
+                .collect(),
+            handler: Histogram::default(),
+            wait: Histogram::default(),
+            evicted: 0,
+            submitted: 0,
+            last_tick: self.started,
+            finished_at_tick: 0,
+            throughput: 0.0,
+        };
+        let ticker = self.interval.map(tick).unwrap_or_else(never);
+        let mut control = self.control.clone();
+        loop {
+            select! {
+                recv(self.inbox) -> msg => match msg {
+                    Ok(ToBroadcaster::Stats { worker, delta }) => st.add(worker, &delta),
+                    Ok(ToBroadcaster::Worker { worker, kind }) => st.worker_event(worker, kind),
+                    Ok(ToBroadcaster::Finish { unstarted, cancelled }) => {
+                        return self.finish(st, unstarted, cancelled);
+                    }
+                    // The supervisor always sends `Finish` before it returns.
+                    Err(_) => return self.finish(st, 0, 0),
+                },
+                recv(control) -> msg => match msg {
+                    Ok(Control::Subscribe { tx, capacity }) => {
+                        st.subscribers.push(Subscriber { tx, capacity });
+                    }
+                    Ok(Control::Snapshot { reply }) => {
+                        let snap = self.snapshot(&mut st);
+                        let _ = reply.send(snap);
+                    }
+                    Err(_) => control = never(),
+                },
+                recv(ticker) -> _ => {
+                    st.interval_rates(Instant::now());
+                    let snap = self.snapshot(&mut st);
+                    st.broadcast(MetricsEvent::Snapshot(snap));
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self, st: &mut State) -> MetricsSnapshot {
+        st.seq += 1;
+        let queued = (self.queue_len)() as u64;
+        let mut sum = StatsDelta::default();
+        let mut in_flight = 0;
+        for w in &st.workers {
+            let t = &w.totals;
+            sum.taken += t.taken;
+            sum.completed += t.completed;
+            sum.failed += t.failed;
+            sum.undelivered += t.undelivered;
+            sum.cancelled += t.cancelled;
+            in_flight += t.taken - t.completed - t.failed - t.cancelled - t.handed_back;
+        }
+        // Accepted = taken + still queued. Reports lag, so this can only undercount.
+        st.submitted = st.submitted.max(sum.taken + queued);
+        MetricsSnapshot {
+            seq: st.seq,
+            uptime: self.started.elapsed(),
+            submitted: st.submitted,
+            rejected: self.counters.rejected.load(Ordering::Relaxed),
+            completed: sum.completed,
+            failed: sum.failed,
+            undelivered: sum.undelivered,
+            cancelled: sum.cancelled,
+            queued,
+            in_flight,
+            throughput: st.throughput,
+            latency: st.handler.summary(),
+            queue_wait: st.wait.summary(),
+            evicted_subscribers: st.evicted,
+            subscribers: st.subscribers.len(),
+            workers: st
+                .workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| WorkerSnapshot {
+                    id: WorkerId(i),
+                    state: w.state.unwrap_or(WorkerState::Starting),
+                    completed: w.totals.completed,
+                    failed: w.totals.failed,
+                    busy: w.busy,
+                    restarts: w.restarts,
+                })
+                .collect(),
+        }
+    }
+
+    fn finish(self, mut st: State, unstarted: u64, sup_cancelled: u64) -> ShutdownSummary {
+        // Every worker's last report was sent before the supervisor's `Finish`.
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                ToBroadcaster::Stats { worker, delta } => st.add(worker, &delta),
+                ToBroadcaster::Worker { worker, kind } => st.worker_event(worker, kind),
+                ToBroadcaster::Finish { .. } => {}
+            }
+        }
+        let (mut completed, mut failed, mut undelivered, mut cancelled) = (0, 0, 0, sup_cancelled);
+        for w in &st.workers {
+            completed += w.totals.completed;
+            failed += w.totals.failed;
+            undelivered += w.totals.undelivered;
+            cancelled += w.totals.cancelled;
+        }
+        st.seq += 1;
+        let summary = ShutdownSummary {
+            seq: st.seq,
+            submitted: completed + failed + unstarted + cancelled,
+            completed,
+            failed,
+            undelivered,
+            unstarted,
+            cancelled,
+            rejected: self.counters.rejected.load(Ordering::Relaxed),
+        };
+        for s in st.subscribers.drain(..) {
+            // The reserved slot guarantees room; a dropped receiver just makes this fail.
+            let _ = s.tx.try_send(MetricsEvent::Shutdown(summary));
+        }
+        summary
+    }
+}
+
+impl State {
+    fn add(&mut self, worker: usize, delta: &StatsDelta) {
+        let w = &mut self.workers[worker];
+        w.totals.merge(delta);
+        if matches!(w.state, Some(WorkerState::Idle | WorkerState::Busy)) {
+            w.state = Some(if delta.busy {
+                WorkerState::Busy
+            } else {
+                WorkerState::Idle
+            });
+        }
+        self.handler.merge(&delta.handler);
+        self.wait.merge(&delta.wait);
+    }
+
+    fn worker_event(&mut self, worker: usize, kind: WorkerEventKind) {
+        let w = &mut self.workers[worker];
+        w.state = Some(match &kind {
+            WorkerEventKind::Started | WorkerEventKind::Restarted => WorkerState::Idle,
+            WorkerEventKind::Panicked { .. } | WorkerEventKind::Died(_) => WorkerState::Restarting,
+            WorkerEventKind::Stopped => WorkerState::Stopped,
+        });
+        if matches!(kind, WorkerEventKind::Restarted) {
+            w.restarts += 1;
+        }
+        self.seq += 1;
+        let event = WorkerEvent {
+            seq: self.seq,
+            worker: WorkerId(worker),
+            kind,
+        };
+        self.broadcast(MetricsEvent::Worker(event));
+    }
+
+    /// Throughput and busy fractions over the interval that ends now.
+    fn interval_rates(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.last_tick).as_secs_f64();
+        let finished: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.totals.completed + w.totals.failed)
+            .sum();
+        if secs > 0.0 {
+            self.throughput = (finished - self.finished_at_tick) as f64 / secs;
+            for w in &mut self.workers {
+                let busy_nanos = w.totals.handler.sum_nanos();
+                w.busy = ((busy_nanos - w.busy_base) as f64 / 1e9 / secs).clamp(0.0, 1.0);
+                w.busy_base = busy_nanos;
+            }
+        }
+        self.finished_at_tick = finished;
+        self.last_tick = now;
+    }
+
+    /// Sends `event` to every subscriber without blocking; evicts the full, forgets the gone.
+    fn broadcast(&mut self, event: MetricsEvent) {
+        let mut evicted = 0;
+        self.subscribers.retain(|s| {
+            if s.tx.len() >= s.capacity {
+                evicted += 1;
+                return false;
+            }
+            match s.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    evicted += 1;
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+        self.evicted += evicted;
+    }
+}

@@ -1,0 +1,230 @@
+//! The private protocol between threads, and the public values that travel on it
+//! ([`RequestId`], [`WorkerId`], [`Response`]).
+//!
+//! Channels, who sends and who receives (each closes by dropping its senders):
+//!
+//! | channel | senders | receiver | disconnects when |
+//! |---|---|---|---|
+//! | intake (`Job`) | the orchestrator and submitters, through the intake `Arc` | workers (supervisor keeps clones to drain) | the last strong `Arc<Intake>` drops: intake closed and no submit in progress |
+//! | responses (`Response`) | workers, supervisor (spare clone for replacements) | the user | every worker and the supervisor exited |
+//! | call reply (`Reply`) | the worker that ran the job (or the supervisor, cancelling) | the waiting `call` | never while pooled: the sender travels back in the reply |
+//! | status (`Status`) | workers | supervisor | the supervisor drops its spare sender after the last worker exited |
+//! | broadcast (`ToBroadcaster`) | workers (stats), supervisor (events, finish) | broadcaster | after `Finish`, the broadcaster returns |
+//! | broadcast control (`Control`) | the orchestrator (`subscribe`, `metrics`) | broadcaster | the orchestrator is shut down |
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::error::{CallError, JobError};
+use crate::metrics::{Histogram, MetricsEvent, MetricsSnapshot, WorkerEventKind};
+
+/// The id of an accepted request, unique per orchestrator, as [`submit`] returned it.
+///
+/// Ids increase in the order requests are accepted through one handle, and are unique
+/// across all handles of the same orchestrator.
+///
+/// [`submit`]: crate::Orchestrator::submit
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct RequestId(pub(crate) u64);
+
+impl RequestId {
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The index of a worker, `0..workers`. A replacement thread keeps the id of the one it replaces.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct WorkerId(pub(crate) usize);
+
+impl WorkerId {
+    /// The index as a number, `0..workers`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The result of one request submitted with `submit`, `try_submit` or `submit_timeout`,
+/// as it arrives on the responses channel.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Response<Resp> {
+    /// The id that `submit` returned.
+    pub id: RequestId,
+    /// The worker that ran it.
+    pub worker: WorkerId,
+    /// The handler's value, or `Err(JobError::Panicked(message))` when it panicked.
+    pub outcome: Result<Resp, JobError>,
+    /// Time from the submit to the start of the handler (zero with `.metrics(false)`).
+    pub queue_time: Duration,
+    /// Time spent in the handler (zero with `.metrics(false)`).
+    pub handler_time: Duration,
+}
+
+impl<Resp> Response<Resp> {
+    /// Returns the handler's value, or the error when it panicked.
+    ///
+    /// # Errors
+    ///
+    /// `JobError::Panicked` when the handler panicked on this request.
+    pub fn into_result(self) -> Result<Resp, JobError> {
+        self.outcome
+    }
+}
+
+/// A request on its way to a worker.
+pub(crate) struct Job<Req, Resp> {
+    pub(crate) id: RequestId,
+    pub(crate) req: Req,
+    /// When it was submitted; `None` with metrics off (no clock read per job).
+    pub(crate) enqueued: Option<Instant>,
+    pub(crate) route: Route<Req, Resp>,
+}
+
+/// Where a job's answer goes.
+pub(crate) enum Route<Req, Resp> {
+    /// To the shared responses channel.
+    Stream,
+    /// Straight back to the `call` waiting on the other end.
+    Call(Sender<Reply<Req, Resp>>),
+}
+
+/// The answer to a `call`. It carries the reply sender back so the caller can return the
+/// channel pair to the pool: no allocation per `call` in steady state.
+pub(crate) struct Reply<Req, Resp> {
+    pub(crate) result: Result<Resp, CallError<Req>>,
+    pub(crate) back: Sender<Reply<Req, Resp>>,
+}
+
+impl<Req, Resp> Reply<Req, Resp> {
+    /// Answers a call whose request never started.
+    pub(crate) fn cancel(back: Sender<Reply<Req, Resp>>, req: Req) {
+        let reply = Reply {
+            result: Err(CallError::Cancelled(req)),
+            back: back.clone(),
+        };
+        // The caller waits in `recv` until it gets exactly one reply; it cannot be gone.
+        let _ = back.send(reply);
+    }
+}
+
+/// Worker → supervisor: lifecycle and hand-backs.
+pub(crate) enum Status<Req> {
+    /// `init` finished; the worker serves.
+    Ready { worker: usize },
+    /// `init` panicked; the thread exits after sending this.
+    InitPanicked { worker: usize, message: String },
+    /// The handler panicked on `request`; the worker is rebuilding its state.
+    Panicked {
+        worker: usize,
+        request: RequestId,
+        message: String,
+    },
+    /// The worker rebuilt its state after a panic.
+    Restarted { worker: usize },
+    /// A stream request taken from the queue after the stop flag was set.
+    Unstarted { id: RequestId, req: Req },
+    /// The thread is ending; `died` holds a panic message when it unwinds.
+    Exited { worker: usize, died: Option<String> },
+}
+
+/// What one worker did since its last report. Cumulative counts are kept by the broadcaster.
+#[derive(Default, Clone)]
+pub(crate) struct StatsDelta {
+    /// Jobs taken from a queue.
+    pub(crate) taken: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+    pub(crate) undelivered: u64,
+    /// Call requests answered `Cancelled`.
+    pub(crate) cancelled: u64,
+    /// Stream requests sent to the supervisor as `Unstarted`.
+    pub(crate) handed_back: u64,
+    pub(crate) handler: Histogram,
+    pub(crate) wait: Histogram,
+    /// Whether the worker is in the middle of a job (or has more queued) at report time.
+    pub(crate) busy: bool,
+}
+
+impl StatsDelta {
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.taken != 0 || self.undelivered != 0 || self.cancelled != 0 || self.handed_back != 0
+    }
+
+    pub(crate) fn merge(&mut self, d: &StatsDelta) {
+        self.taken += d.taken;
+        self.completed += d.completed;
+        self.failed += d.failed;
+        self.undelivered += d.undelivered;
+        self.cancelled += d.cancelled;
+        self.handed_back += d.handed_back;
+        self.handler.merge(&d.handler);
+        self.wait.merge(&d.wait);
+    }
+}
+
+/// Workers and supervisor → broadcaster.
+///
+/// `Stats` is large (two histograms) and sent by value on purpose: a report allocates
+/// nothing, and the bounded channel's slots are allocated once.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum ToBroadcaster {
+    Stats {
+        worker: usize,
+        delta: StatsDelta,
+    },
+    Worker {
+        worker: usize,
+        kind: WorkerEventKind,
+    },
+    /// Every worker has exited and the queues are drained: send the summary and return.
+    Finish {
+        unstarted: u64,
+        cancelled: u64,
+    },
+}
+
+/// Orchestrator → broadcaster: requests from user threads.
+pub(crate) enum Control {
+    Subscribe {
+        tx: Sender<MetricsEvent>,
+        capacity: usize,
+    },
+    Snapshot {
+        reply: Sender<MetricsSnapshot>,
+    },
+}
+
+/// Orchestrator → supervisor.
+pub(crate) enum Shutdown {
+    /// Run everything queued (`shutdown`), or until the deadline (`shutdown_timeout`).
+    Drain { deadline: Option<Instant> },
+    /// Start nothing more (`shutdown_now`).
+    Now,
+}
+
+/// Extracts the message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}

@@ -1,0 +1,371 @@
+//! One worker's loop: take a request, run the handler under `catch_unwind`, route the answer.
+//!
+//! A worker owns everything it touches per job: its handler state, its [`StatsDelta`] and
+//! histograms. Per job it does a channel receive, the handler call, a channel send and a few
+//! local increments — no allocation of ours, no lock, no shared counter. The only shared
+//! memory it reads per job is the `stop` flag (see [`Worker::stop`]).
+//!
+//! It leaves by the "domino" rule: it serves until every queue it watches is disconnected and
+//! empty, which happens only after intake closed and the last in-progress submit finished.
+//! So a graceful shutdown needs no message to the workers at all.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError};
+
+use crate::error::{CallError, JobError};
+use crate::message::{
+    Job, Reply, RequestId, Response, Route, StatsDelta, Status, ToBroadcaster, WorkerId,
+    panic_message,
+};
+
+/// An uninhabited message type: channels of `Never` carry no messages, only disconnection.
+#[derive(Debug)]
+pub(crate) enum Never {}
+
+/// Everything one worker thread needs; moved into the thread.
+pub(crate) struct Worker<Req, Resp, I, H> {
+    pub(crate) id: usize,
+    /// The queues it takes work from. `Shared`: the one MPMC queue. `RoundRobin`: every worker
+    /// queue, rotated so that index 0 is its own; the others are stolen from when its own is empty.
+    pub(crate) queues: Vec<Receiver<Job<Req, Resp>>>,
+    pub(crate) responses: Sender<Response<Resp>>,
+    pub(crate) status: Sender<Status<Req>>,
+    pub(crate) broadcast: Sender<ToBroadcaster>,
+    /// Set once by `shutdown_now` or an expired `shutdown_timeout`; never cleared. Read once
+    /// per job with `Relaxed`: a job taken just before the store runs, one taken after it is
+    /// handed back; either way it ends in exactly one place. A channel would cost a `select`
+    /// per job; a flag that is written once costs a load from a cache line nobody writes.
+    pub(crate) stop: Arc<AtomicBool>,
+    /// Disconnected when a `shutdown_timeout` expires: stop waiting for response space.
+    pub(crate) abort: Receiver<Never>,
+    /// How often to report counts while busy; `None` with metrics off (report only on exit).
+    pub(crate) flush_every: Option<Duration>,
+    pub(crate) init: Arc<I>,
+    pub(crate) handler: Arc<H>,
+}
+
+/// Reports the worker's last counts and its exit, also when the thread unwinds.
+///
+/// Its `Drop` runs on every way out of the thread, so the final totals stay exact even when a
+/// panic outside the handler (in a user `Drop`, or `init`) kills the thread.
+struct ExitGuard<Req> {
+    worker: usize,
+    stats: StatsDelta,
+    status: Sender<Status<Req>>,
+    broadcast: Sender<ToBroadcaster>,
+}
+
+impl<Req> Drop for ExitGuard<Req> {
+    fn drop(&mut self) {
+        let delta = std::mem::take(&mut self.stats);
+        // The broadcaster runs until the supervisor sends `Finish`, which it does only after
+        // this worker's `Exited` below; so this blocking send cannot be lost or hang.
+        let _ = self.broadcast.send(ToBroadcaster::Stats {
+            worker: self.worker,
+            delta,
+        });
+        let died = thread::panicking().then(|| String::from("worker thread panicked"));
+        let _ = self.status.send(Status::Exited {
+            worker: self.worker,
+            died,
+        });
+    }
+}
+
+impl<Req, Resp, S, I, H> Worker<Req, Resp, I, H>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Fn(WorkerId) -> S + Send + Sync + 'static,
+    H: Fn(&mut S, Req) -> Resp + Send + Sync + 'static,
+{
+    /// The thread's body.
+    pub(crate) fn run(self) {
+        let mut guard = ExitGuard {
+            worker: self.id,
+            stats: StatsDelta::default(),
+            status: self.status.clone(),
+            broadcast: self.broadcast.clone(),
+        };
+        let mut state = match self.init_state() {
+            Ok(state) => state,
+            Err(message) => {
+                let _ = self.status.send(Status::InitPanicked {
+                    worker: self.id,
+                    message,
+                });
+                return;
+            }
+        };
+        let _ = self.status.send(Status::Ready { worker: self.id });
+
+        // Built once and reused for every blocking wait (a `Select` allocates as it is built).
+        let mut select = Select::new_biased();
+        for q in &self.queues {
+            select.recv(q);
+        }
+        let mut live = vec![true; self.queues.len()];
+        let mut next_flush = self.flush_every.map(|p| Instant::now() + p);
+
+        loop {
+            let job = match self.take(&mut select, &mut live, &mut guard.stats, &mut next_flush) {
+                Some(job) => job,
+                None => break,
+            };
+            guard.stats.taken += 1;
+            if self.stop.load(Ordering::Relaxed) {
+                self.hand_back(job, &mut guard.stats);
+                continue;
+            }
+            self.run_job(job, &mut state, &mut guard.stats, &mut next_flush);
+        }
+    }
+
+    fn init_state(&self) -> Result<S, String> {
+        let init = &self.init;
+        let id = WorkerId(self.id);
+        panic::catch_unwind(AssertUnwindSafe(|| init(id))).map_err(message_of)
+    }
+
+    /// The next job, or `None` when every queue is disconnected and empty.
+    fn take<'a>(
+        &'a self,
+        select: &mut Select<'a>,
+        live: &mut [bool],
+        stats: &mut StatsDelta,
+        next_flush: &mut Option<Instant>,
+    ) -> Option<Job<Req, Resp>> {
+        // Fast path: own queue first, then steal from the others in order.
+        for (i, q) in self.queues.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            match q.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    live[i] = false;
+                    select.remove(i);
+                }
+            }
+        }
+        // Going idle: block, waking to report counts if some are unreported.
+        loop {
+            if !live.iter().any(|&l| l) {
+                return None;
+            }
+            let deadline = next_flush.filter(|_| stats.is_dirty());
+            if self.queues.len() == 1 {
+                let q = &self.queues[0];
+                let got = match deadline {
+                    Some(d) => q.recv_deadline(d),
+                    None => q.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                };
+                match got {
+                    Ok(job) => return Some(job),
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                    Err(RecvTimeoutError::Timeout) => self.flush_idle(stats, next_flush),
+                }
+                continue;
+            }
+            let op = match deadline {
+                Some(d) => match select.select_deadline(d) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        self.flush_idle(stats, next_flush);
+                        continue;
+                    }
+                },
+                None => select.select(),
+            };
+            let i = op.index();
+            match op.recv(&self.queues[i]) {
+                Ok(job) => return Some(job),
+                Err(_) => {
+                    live[i] = false;
+                    select.remove(i);
+                }
+            }
+        }
+    }
+
+    fn flush_idle(&self, stats: &mut StatsDelta, next_flush: &mut Option<Instant>) {
+        stats.busy = false;
+        self.flush(stats);
+        *next_flush = self.flush_every.map(|p| Instant::now() + p);
+    }
+
+    /// Sends the counts since the last report without blocking. If the broadcaster's inbox is
+    /// full they stay here and go with the next report: nothing is lost, the worker never waits.
+    fn flush(&self, stats: &mut StatsDelta) {
+        let delta = std::mem::take(stats);
+        if let Err(TrySendError::Full(ToBroadcaster::Stats { delta, .. })) =
+            self.broadcast.try_send(ToBroadcaster::Stats {
+                worker: self.id,
+                delta,
+            })
+        {
+            *stats = delta;
+        }
+    }
+
+    fn run_job(
+        &self,
+        job: Job<Req, Resp>,
+        state: &mut S,
+        stats: &mut StatsDelta,
+        next_flush: &mut Option<Instant>,
+    ) {
+        let Job {
+            id,
+            req,
+            enqueued,
+            route,
+        } = job;
+        // One clock read before and one after the handler, only with metrics on.
+        let start = next_flush.map(|_| Instant::now());
+        let mut queue_time = Duration::ZERO;
+        if let (Some(start), Some(enqueued)) = (start, enqueued) {
+            queue_time = start.saturating_duration_since(enqueued);
+            stats.wait.record(nanos(queue_time));
+        }
+        if let (Some(start), Some(due)) = (start, *next_flush)
+            && start >= due
+        {
+            stats.busy = true;
+            self.flush(stats);
+            *next_flush = self.flush_every.map(|p| start + p);
+        }
+
+        let handler = &self.handler;
+        let result = panic::catch_unwind(AssertUnwindSafe(|| handler(state, req)));
+
+        let mut handler_time = Duration::ZERO;
+        if let Some(start) = start {
+            handler_time = start.elapsed();
+            stats.handler.record(nanos(handler_time));
+        }
+        match result {
+            Ok(resp) => {
+                stats.completed += 1;
+                self.answer(id, Ok(resp), route, queue_time, handler_time, stats);
+            }
+            Err(payload) => {
+                stats.failed += 1;
+                let message = message_of(payload);
+                self.answer(
+                    id,
+                    Err(JobError::Panicked(message.clone())),
+                    route,
+                    queue_time,
+                    handler_time,
+                    stats,
+                );
+                let _ = self.status.send(Status::Panicked {
+                    worker: self.id,
+                    request: id,
+                    message,
+                });
+                self.rebuild(state);
+            }
+        }
+    }
+
+    /// Rebuilds the state after a handler panic. If `init` panics now, the thread has no state
+    /// to serve with: it re-raises, the exit guard reports, and the supervisor replaces it.
+    fn rebuild(&self, state: &mut S) {
+        let init = &self.init;
+        let id = WorkerId(self.id);
+        match panic::catch_unwind(AssertUnwindSafe(|| init(id))) {
+            Ok(fresh) => {
+                *state = fresh;
+                let _ = self.status.send(Status::Restarted { worker: self.id });
+            }
+            Err(payload) => panic::resume_unwind(payload),
+        }
+    }
+
+    fn answer(
+        &self,
+        id: RequestId,
+        outcome: Result<Resp, JobError>,
+        route: Route<Req, Resp>,
+        queue_time: Duration,
+        handler_time: Duration,
+        stats: &mut StatsDelta,
+    ) {
+        match route {
+            Route::Stream => {
+                let response = Response {
+                    id,
+                    worker: WorkerId(self.id),
+                    outcome,
+                    queue_time,
+                    handler_time,
+                };
+                if !self.deliver(response) {
+                    stats.undelivered += 1;
+                }
+            }
+            Route::Call(back) => {
+                let reply = Reply {
+                    result: outcome.map_err(CallError::Panicked),
+                    back: back.clone(),
+                };
+                if back.send(reply).is_err() {
+                    stats.undelivered += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends a response, waiting for space on a full bounded channel (back-pressure) until the
+    /// receiver is gone or a `shutdown_timeout` expires. Returns whether it was delivered.
+    fn deliver(&self, response: Response<Resp>) -> bool {
+        let response = match self.responses.try_send(response) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(response)) => response,
+        };
+        crossbeam_channel::select_biased! {
+            recv(self.abort) -> _ => false,
+            send(self.responses, response) -> sent => sent.is_ok(),
+        }
+    }
+
+    fn hand_back(&self, job: Job<Req, Resp>, stats: &mut StatsDelta) {
+        match job.route {
+            Route::Stream => {
+                stats.handed_back += 1;
+                let _ = self.status.send(Status::Unstarted {
+                    id: job.id,
+                    req: job.req,
+                });
+            }
+            Route::Call(back) => {
+                stats.cancelled += 1;
+                Reply::cancel(back, job.req);
+            }
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The panic message, dropping the payload under its own `catch_unwind`: a payload whose
+/// `Drop` panics must not take the worker down. If it does, that second payload is leaked
+/// (dropping it could panic again).
+fn message_of(payload: Box<dyn std::any::Any + Send>) -> String {
+    let message = panic_message(&*payload);
+    if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+        std::mem::forget(again);
+    }
+    message
+}
