@@ -140,6 +140,7 @@ impl Broadcaster {
             sum.failed += t.failed;
             sum.undelivered += t.undelivered;
             sum.cancelled += t.cancelled;
+            // Each report counts a job as taken no later than as finished, so this cannot underflow.
             in_flight += t.taken - t.completed - t.failed - t.cancelled - t.handed_back;
         }
         // Accepted = taken + still queued. Reports lag, so this can only undercount.

@@ -1,4 +1,210 @@
-//! TODO crate docs
+//! A synchronous, thread-based, mutex-free work orchestrator.
+//!
+//! OS threads joined by [crossbeam channels](crossbeam_channel): no async runtime, no
+//! executor, no locks in this crate's code. Requests enter a bounded queue and fan out to a
+//! bounded pool of worker threads; results fan back in to one response channel, or go
+//! straight back to a blocking [`call`](Orchestrator::call). Nothing accepted is ever lost.
+//!
+//! ```text
+//!  submit / try_submit ─┐                                   ┌─► responses: Receiver<Response>
+//!  submit_timeout       ├─► bounded queue(s) ─► worker 0..N ─┤
+//!  call ────────────────┘   (Shared: one MPMC    │ catch_   └─► call's own reply channel
+//!        ▲                   RoundRobin: one per │ unwind
+//!        └── Full / Timeout / ShutDown(req)      │ per job
+//!                                                ├── status ──► supervisor (select!: status,
+//!                                                │              shutdown, deadline, respawn)
+//!                                                └── stats ───► broadcaster (tick, totals) ──► subscribers
+//! ```
+//!
+//! # Hello, world
+//!
+//! [`Orchestrator::builder`] configures the pool; [`build`](Builder::build) starts its threads
+//! and returns the orchestrator with the receiver of responses.
+//!
+//! ```
+//! use channel_orchestrator::Orchestrator;
+//!
+//! let (orch, responses) = Orchestrator::builder()
+//!     .workers(4)
+//!     .build(|text: String| text.split_whitespace().count())?;
+//!
+//! let id = orch.submit("the quick brown fox".to_string()).unwrap();
+//! let response = responses.recv().unwrap();
+//! assert_eq!(response.id, id);
+//! assert_eq!(response.outcome, Ok(4));
+//!
+//! let report = orch.shutdown();
+//! assert_eq!(report.completed, 1);
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
+//! # Back-pressure
+//!
+//! The queue is bounded by [`queue_capacity`](Builder::queue_capacity). When it is full,
+//! [`submit`](Orchestrator::submit) blocks, [`try_submit`](Orchestrator::try_submit) returns
+//! `Full(req)` at once and [`submit_timeout`](Orchestrator::submit_timeout) waits at most its
+//! timeout — the same triad as crossbeam's `send` / `try_send` / `send_timeout`. Every
+//! failure hands the request back.
+//!
+//! ```
+//! use channel_orchestrator::{Orchestrator, TrySubmitError};
+//! use crossbeam_channel::bounded;
+//!
+//! let (started_tx, started) = bounded::<u32>(8);
+//! let (gate_tx, gate) = bounded::<()>(8);
+//! let (orch, responses) = Orchestrator::builder()
+//!     .workers(1)
+//!     .queue_capacity(2)
+//!     .build(move |n: u32| {
+//!         started_tx.send(n).unwrap();
+//!         gate.recv().unwrap(); // hold the worker until the test opens the gate
+//!         n
+//!     })?;
+//!
+//! orch.submit(1).unwrap();
+//! assert_eq!(started.recv().unwrap(), 1); // the worker took it: the queue is empty
+//! orch.submit(2).unwrap();
+//! orch.submit(3).unwrap(); // the queue is now full
+//! match orch.try_submit(4) {
+//!     Err(TrySubmitError::Full(req)) => assert_eq!(req, 4), // the request comes back
+//!     other => panic!("expected Full, got {other:?}"),
+//! }
+//! for _ in 0..3 {
+//!     gate_tx.send(()).unwrap();
+//! }
+//! let got: Vec<u32> = responses.iter().take(3).map(|r| r.outcome.unwrap()).collect();
+//! assert_eq!(got, [1, 2, 3]); // one worker: in order
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
+//! # Responses, calls and submitters
+//!
+//! A request submitted with `submit` is answered by one [`Response`] on the responses
+//! channel, carrying its [`RequestId`], the [`WorkerId`] that ran it, its outcome and timings.
+//! [`call`](Orchestrator::call) answers on its own route instead. Dropping the responses
+//! receiver means "I don't want stream responses": workers keep running and count them as
+//! undelivered. [`Orchestrator::submitter`] gives owned, cloneable handles for other threads.
+//!
+//! ```
+//! use channel_orchestrator::Orchestrator;
+//!
+//! let (orch, responses) = Orchestrator::builder().workers(2).build(|x: u64| x * x)?;
+//! drop(responses); // only calls from here on
+//!
+//! let submitter = orch.submitter();
+//! let squares: Vec<u64> = std::thread::scope(|s| {
+//!     let handles: Vec<_> = (0..4u64)
+//!         .map(|i| {
+//!             let submitter = submitter.clone();
+//!             s.spawn(move || submitter.call(i).unwrap())
+//!         })
+//!         .collect();
+//!     handles.into_iter().map(|h| h.join().unwrap()).collect()
+//! });
+//! assert_eq!(squares, [0, 1, 4, 9]);
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
+//! # Panics in handlers
+//!
+//! A panicking handler never takes a worker, the pool or another request down with it. The
+//! panic is caught around that one call; the request is answered
+//! `Err(JobError::Panicked(message))`, and with
+//! [`build_with_state`](Builder::build_with_state) the worker's state is rebuilt by `init`.
+//!
+//! ```
+//! use channel_orchestrator::{JobError, Orchestrator};
+//!
+//! # std::panic::set_hook(Box::new(|_| {}));
+//! let (orch, responses) = Orchestrator::builder()
+//!     .workers(1)
+//!     .build(|n: i32| if n < 0 { panic!("negative input {n}") } else { n })?;
+//! orch.submit(-1).unwrap();
+//! orch.submit(1).unwrap();
+//! let first = responses.recv().unwrap();
+//! assert_eq!(first.outcome, Err(JobError::Panicked("negative input -1".into())));
+//! assert_eq!(responses.recv().unwrap().outcome, Ok(1)); // the same worker goes on
+//! assert_eq!(orch.shutdown().failed, 1);
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
+//! # Metrics
+//!
+//! Metrics are events, not shared counters: each worker counts locally and reports in
+//! batches to a broadcaster thread that owns the totals. [`Orchestrator::metrics`] asks it
+//! for a [`MetricsSnapshot`]; [`Orchestrator::subscribe`] streams [`MetricsEvent`]s: a
+//! snapshot every `metrics_interval`, worker lifecycle events, and last the exact
+//! [`ShutdownSummary`]. A subscriber that stops reading is evicted, never waited for.
+//!
+//! ```
+//! use channel_orchestrator::{MetricsEvent, Orchestrator};
+//! use std::time::Duration;
+//!
+//! let (orch, _responses) = Orchestrator::builder()
+//!     .workers(2)
+//!     .metrics_interval(Duration::from_millis(10))
+//!     .build(|x: u32| x)?;
+//! let events = orch.subscribe();
+//! for i in 0..100 {
+//!     orch.call(i).unwrap();
+//! }
+//! let report = orch.shutdown();
+//! let last = events.iter().last().unwrap();
+//! match last {
+//!     MetricsEvent::Shutdown(summary) => {
+//!         assert_eq!(summary.completed, 100);
+//!         assert_eq!(summary.completed, report.completed);
+//!     }
+//!     other => panic!("the last event is the summary, got {other:?}"),
+//! }
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
+//! # Shutdown
+//!
+//! [`shutdown`](Orchestrator::shutdown) drains: intake closes, every queued request runs.
+//! [`shutdown_now`](Orchestrator::shutdown_now) hands back what never started, in the
+//! report's `unstarted`. [`shutdown_timeout`](Orchestrator::shutdown_timeout) drains until
+//! its deadline, then acts as `shutdown_now`. Dropping the orchestrator is `shutdown()`; no
+//! thread outlives it. After any shutdown the responses channel holds every remaining
+//! response and then reports disconnected.
+//!
+//! ```
+//! use channel_orchestrator::Orchestrator;
+//! use std::time::Duration;
+//!
+//! let (orch, responses) = Orchestrator::builder()
+//!     .workers(1)
+//!     .build(|ms: u64| std::thread::sleep(Duration::from_millis(ms)))?;
+//! for _ in 0..20 {
+//!     orch.submit(5).unwrap();
+//! }
+//! let report = orch.shutdown_timeout(Duration::from_millis(20));
+//! let answered = responses.iter().count();
+//! // Nothing is lost: each request was answered or handed back.
+//! assert_eq!(answered + report.unstarted.len(), 20);
+//! assert!(!report.unstarted.is_empty());
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
+//! # Requests must be `Send`
+//!
+//! Requests and responses cross threads, so they must be `Send`:
+//!
+//! ```compile_fail
+//! use channel_orchestrator::Orchestrator;
+//! use std::rc::Rc;
+//!
+//! let (orch, _responses) = Orchestrator::builder().build(|x: Rc<u32>| *x).unwrap();
+//! ```
+//!
+//! # No locks
+//!
+//! This crate's code holds no `Mutex`, `RwLock`, `Condvar` or `Barrier` and has no `unsafe`:
+//! every piece of state is owned by one thread and changed through messages. (crossbeam
+//! itself parks blocked threads with a lock internally, so this is "no locks in our code",
+//! not "lock-free".) The few atomics — a request id counter, a rejected-submit counter, a
+//! stop flag, a round-robin cursor — each say at their definition why they are safe.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 
@@ -27,3 +233,15 @@ pub use crate::metrics::{
 pub use crate::orchestrator::{
     DEFAULT_SUBSCRIBER_CAPACITY, Orchestrator, ShutdownReport, Submitter,
 };
+
+/// Compile-time checks of the auto traits the contract promises.
+#[allow(dead_code)]
+fn _assert_auto_traits() {
+    fn send_sync<T: Send + Sync>() {}
+    fn owned_handle<T: Clone + Send + Sync + 'static>() {}
+    send_sync::<Orchestrator<String, Vec<u8>>>();
+    owned_handle::<Submitter<String, Vec<u8>>>();
+    send_sync::<BuildError>();
+    send_sync::<ShutdownReport<String>>();
+    send_sync::<MetricsEvent>();
+}

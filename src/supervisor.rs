@@ -96,7 +96,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     control = never();
                     shutting_down = true;
                     match cmd {
-                        Shutdown::Now => self.expire(),
+                        // Already set by the orchestrator; responses of running jobs still
+                        // wait for space, as the contract says.
+                        Shutdown::Now => self.stop.store(true, Ordering::Relaxed),
                         Shutdown::Drain { deadline: Some(at) } => {
                             deadline = after(at.saturating_duration_since(Instant::now()));
                         }
@@ -138,8 +140,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         Outcome { unstarted }
     }
 
-    /// `shutdown_now`, or the `shutdown_timeout` deadline: start nothing more, and stop
-    /// waiting for response space.
+    /// The `shutdown_timeout` deadline: start nothing more, and stop waiting for response space.
     fn expire(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.abort = None;
