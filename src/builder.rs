@@ -1,6 +1,10 @@
 //! The builder: `Option` fields ("not set" is distinct from any value), by-value setters, and
 //! all validation in [`Builder::build`].
 
+use std::any::{Any, TypeId, type_name};
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -8,6 +12,7 @@ use crossbeam_channel::Receiver;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::message::{Response, WorkerId};
 use crate::orchestrator::Orchestrator;
+use crate::worker::JobContext;
 
 /// The default bound on queued requests.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -17,7 +22,7 @@ pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
 
 /// How requests are spread over the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Distribution {
     /// One bounded MPMC queue that every worker receives from (the default). The first idle
@@ -32,7 +37,102 @@ pub enum Distribution {
     /// submit that finds its queue full scans the others, and the total capacity is split
     /// evenly, so one worker's queue holds at most `ceil(queue_capacity / workers)`.
     RoundRobin,
+    /// Requests with the same key always run on the same worker, in submit order — per-key
+    /// ordering, like a partitioned log. Make it with [`Distribution::by_key`].
+    ///
+    /// One bounded queue per worker, `hash(key) % workers` picks it, and there is no
+    /// stealing (it would break the order). The cost: a hot key loads one worker while the
+    /// others idle, and a submit blocks (or `try_submit` reports `Full`) when *its* worker's
+    /// queue is full, whatever room the others have.
+    ByKey(KeyFn),
 }
+
+impl Distribution {
+    /// [`Distribution::ByKey`] with the key that `key` computes from each request.
+    ///
+    /// `Req` must be the orchestrator's request type; [`Builder::build`] checks it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_orchestrator::{Distribution, Orchestrator};
+    ///
+    /// // (account, amount): every update of one account runs on one worker, in order.
+    /// let (orch, responses) = Orchestrator::builder()
+    ///     .workers(4)
+    ///     .distribution(Distribution::by_key(|req: &(u32, i64)| req.0))
+    ///     .build(|(account, amount): (u32, i64)| (account, amount))?;
+    /// for amount in 0..100 {
+    ///     orch.submit((7, amount)).unwrap();
+    /// }
+    /// let seen: Vec<i64> = responses.iter().take(100).map(|r| r.outcome.unwrap().1).collect();
+    /// assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn by_key<Req, K, F>(key: F) -> Self
+    where
+        Req: 'static,
+        K: Hash,
+        F: Fn(&Req) -> K + Send + Sync + 'static,
+    {
+        Distribution::ByKey(KeyFn {
+            hash: Arc::new(move |req: &dyn Any| {
+                // `build` checked that requests are `Req`.
+                let req = req
+                    .downcast_ref::<Req>()
+                    .expect("key type checked at build");
+                let mut h = DefaultHasher::new();
+                key(req).hash(&mut h);
+                h.finish()
+            }),
+            req_type: TypeId::of::<Req>(),
+            req_name: type_name::<Req>(),
+        })
+    }
+}
+
+type HashFn = dyn Fn(&dyn Any) -> u64 + Send + Sync;
+
+/// The key function of [`Distribution::ByKey`]: hashes a request's key. Opaque; made by
+/// [`Distribution::by_key`]. Two are equal when they are clones of one another.
+#[derive(Clone)]
+pub struct KeyFn {
+    hash: Arc<HashFn>,
+    req_type: TypeId,
+    req_name: &'static str,
+}
+
+impl KeyFn {
+    /// The queue of `req` among `n`.
+    pub(crate) fn queue<Req: 'static>(&self, req: &Req, n: usize) -> usize {
+        ((self.hash)(req) % n as u64) as usize
+    }
+
+    fn check<Req: 'static>(&self) -> Result<(), BuildError> {
+        if self.req_type == TypeId::of::<Req>() {
+            Ok(())
+        } else {
+            Err(BuildError::new(BuildErrorKind::KeyType {
+                expected: self.req_name,
+                found: type_name::<Req>(),
+            }))
+        }
+    }
+}
+
+impl fmt::Debug for KeyFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyFn(&{})", self.req_name)
+    }
+}
+
+impl PartialEq for KeyFn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.hash, &other.hash)
+    }
+}
+
+impl Eq for KeyFn {}
 
 /// Configures and starts an [`Orchestrator`]. Create it with [`Orchestrator::builder`].
 ///
@@ -204,7 +304,7 @@ impl Builder {
     /// # Errors
     ///
     /// As [`build`](Builder::build), and also when `init` panics on first start (the message is
-    /// in the error).
+    /// in the error), or a [`Distribution::by_key`] function takes another type than `Req`.
     ///
     /// # Examples
     ///
@@ -234,6 +334,60 @@ impl Builder {
         I: Fn(WorkerId) -> S + Send + Sync + 'static,
         H: Fn(&mut S, Req) -> Resp + Send + Sync + 'static,
     {
-        Orchestrator::start(self.config()?, init, handler)
+        self.build_with_context(init, move |state: &mut S, _: &JobContext, req| {
+            handler(state, req)
+        })
+    }
+
+    /// As [`build_with_state`](Builder::build_with_state), with a [`JobContext`] for each job:
+    /// the worker and request ids, the request's deadline, and
+    /// [`is_cancelled`](JobContext::is_cancelled), which turns true when `shutdown_now` is
+    /// called or a `shutdown_timeout` expires, so long jobs can stop early.
+    ///
+    /// # Errors
+    ///
+    /// As [`build_with_state`](Builder::build_with_state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_orchestrator::{JobContext, Orchestrator};
+    /// use std::time::Duration;
+    ///
+    /// let (orch, _responses) = Orchestrator::builder().workers(1).build_with_context(
+    ///     |_worker| (),
+    ///     |_: &mut (), ctx: &JobContext, steps: u32| {
+    ///         let mut done = 0;
+    ///         while done < steps && !ctx.is_cancelled() {
+    ///             std::thread::sleep(Duration::from_millis(1)); // one slice of a long job
+    ///             done += 1;
+    ///         }
+    ///         done
+    ///     },
+    /// )?;
+    /// orch.submit(1_000_000).unwrap(); // ~17 minutes if never cancelled
+    /// std::thread::sleep(Duration::from_millis(20));
+    /// let report = orch.shutdown_now(); // the job sees is_cancelled() and returns early
+    /// assert_eq!(report.completed, 1);
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    #[allow(clippy::type_complexity)] // the pair is the API; an alias would hide it in docs
+    pub fn build_with_context<Req, Resp, S, I, H>(
+        self,
+        init: I,
+        handler: H,
+    ) -> Result<(Orchestrator<Req, Resp>, Receiver<Response<Resp>>), BuildError>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        S: 'static,
+        I: Fn(WorkerId) -> S + Send + Sync + 'static,
+        H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+    {
+        let config = self.config()?;
+        if let Distribution::ByKey(key) = &config.distribution {
+            key.check::<Req>()?;
+        }
+        Orchestrator::start(config, init, handler)
     }
 }

@@ -22,6 +22,8 @@ pub enum JobError {
     /// `Drop` implementation of a request, response or panic payload) before it could answer.
     /// The supervisor replaced the thread; the request value is gone with it.
     WorkerDied,
+    /// The request carried a deadline that had passed when a worker took it; it was not run.
+    DeadlineExceeded,
 }
 
 impl fmt::Display for JobError {
@@ -29,6 +31,7 @@ impl fmt::Display for JobError {
         match self {
             JobError::Panicked(msg) => write!(f, "handler panicked: {msg}"),
             JobError::WorkerDied => f.write_str("worker thread died before answering"),
+            JobError::DeadlineExceeded => f.write_str("deadline passed before the request started"),
         }
     }
 }
@@ -222,8 +225,18 @@ pub(crate) enum BuildErrorKind {
     ZeroQueueCapacity,
     ZeroMetricsInterval,
     EmptyThreadName,
-    Spawn { thread: String, source: io::Error },
-    InitPanicked { worker: usize, message: String },
+    Spawn {
+        thread: String,
+        source: io::Error,
+    },
+    InitPanicked {
+        worker: usize,
+        message: String,
+    },
+    KeyType {
+        expected: &'static str,
+        found: &'static str,
+    },
 }
 
 impl BuildError {
@@ -253,6 +266,10 @@ impl fmt::Display for BuildError {
             BuildErrorKind::InitPanicked { worker, message } => {
                 write!(f, "worker {worker} state init panicked: {message}")
             }
+            BuildErrorKind::KeyType { expected, found } => write!(
+                f,
+                "invalid configuration: the by_key function takes {expected} but requests are {found}"
+            ),
         }
     }
 }

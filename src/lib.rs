@@ -214,6 +214,7 @@ mod error;
 mod message;
 mod metrics;
 mod orchestrator;
+mod process;
 mod supervisor;
 mod worker;
 
@@ -221,6 +222,7 @@ pub use crossbeam_channel;
 
 pub use crate::builder::{
     Builder, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, Distribution,
+    KeyFn,
 };
 pub use crate::error::{
     BuildError, CallError, JobError, SubmitError, SubmitTimeoutError, TrySubmitError,
@@ -233,6 +235,8 @@ pub use crate::metrics::{
 pub use crate::orchestrator::{
     DEFAULT_SUBSCRIBER_CAPACITY, Orchestrator, ShutdownReport, Submitter,
 };
+pub use crate::process::{Process, ProcessOrdered};
+pub use crate::worker::JobContext;
 
 /// Compile-time checks of the auto traits the contract promises.
 #[allow(dead_code)]

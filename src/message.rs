@@ -93,6 +93,8 @@ pub(crate) struct Job<Req, Resp> {
     pub(crate) req: Req,
     /// When it was submitted; `None` with metrics off (no clock read per job).
     pub(crate) enqueued: Option<Instant>,
+    /// Past this instant the job is answered `DeadlineExceeded` instead of being run.
+    pub(crate) deadline: Option<Instant>,
     pub(crate) route: Route<Req, Resp>,
 }
 
@@ -102,6 +104,8 @@ pub(crate) enum Route<Req, Resp> {
     Stream,
     /// Straight back to the `call` waiting on the other end.
     Call(Sender<Reply<Req, Resp>>),
+    /// To the private channel of one `process` iterator, tagged with its input position.
+    Process(Sender<(u64, Response<Resp>)>, u64),
 }
 
 /// The answer to a `call`. It carries the reply sender back so the caller can return the

@@ -26,15 +26,16 @@ use crossbeam_channel::{
 };
 
 use crate::broadcast::{Broadcaster, Counters};
-use crate::builder::{Builder, Config, Distribution};
+use crate::builder::{Builder, Config, Distribution, KeyFn};
 use crate::error::{
     BuildError, BuildErrorKind, CallError, JobError, SubmitError, SubmitTimeoutError,
     TrySubmitError,
 };
 use crate::message::{Control, Job, Reply, RequestId, Response, Route, Shutdown, Status, WorkerId};
 use crate::metrics::{MetricsEvent, MetricsSnapshot, ShutdownSummary};
+use crate::process::{Process, ProcessOrdered};
 use crate::supervisor::{Outcome, SpawnWorker, Supervisor};
-use crate::worker::{Never, Worker};
+use crate::worker::{JobContext, Never, Worker};
 
 /// The default buffer of a subscription made with [`Orchestrator::subscribe`].
 pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 64;
@@ -46,8 +47,10 @@ type ReplyPair<Req, Resp> = (Sender<Reply<Req, Resp>>, Receiver<Reply<Req, Resp>
 type ReplyPool<Req, Resp> = (Sender<ReplyPair<Req, Resp>>, Receiver<ReplyPair<Req, Resp>>);
 
 /// The queue senders; dropped (closing the queues) when the last strong `Arc` goes.
-struct Intake<Req, Resp> {
-    queues: Vec<Sender<Job<Req, Resp>>>,
+pub(crate) struct Intake<Req, Resp> {
+    pub(crate) queues: Vec<Sender<Job<Req, Resp>>>,
+    /// `Distribution::ByKey`: picks the one queue a request may go to.
+    key: Option<KeyFn>,
 }
 
 /// What every submitting handle shares.
@@ -66,7 +69,7 @@ struct Shared<Req, Resp> {
 }
 
 /// One submitting handle: the shared part, plus a private round-robin cursor.
-struct Handle<Req, Resp> {
+pub(crate) struct Handle<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
     /// Where `RoundRobin` starts its next scan. `Relaxed` `fetch_add`: it only spreads load,
     /// and it is contended only by threads sharing this one handle (each `Submitter` clone
@@ -80,7 +83,7 @@ enum Wait {
     Until(Instant),
 }
 
-enum Refusal {
+pub(crate) enum Refusal {
     Full,
     Timeout,
     ShutDown,
@@ -107,6 +110,7 @@ pub struct Orchestrator<Req, Resp> {
     handle: Handle<Req, Resp>,
     running: Option<Running<Req, Resp>>,
     workers: usize,
+    queue_capacity: usize,
 }
 
 /// An owned handle for submitting from threads that cannot borrow the [`Orchestrator`].
@@ -216,21 +220,57 @@ impl<Req, Resp> Handle<Req, Resp> {
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
-    fn job(&self, req: Req, route: Route<Req, Resp>) -> Job<Req, Resp> {
+    pub(crate) fn job(
+        &self,
+        req: Req,
+        deadline: Option<Instant>,
+        route: Route<Req, Resp>,
+    ) -> Job<Req, Resp> {
         Job {
             id: RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed)),
             req,
             enqueued: self.shared.metrics.then(Instant::now),
+            deadline,
             route,
         }
     }
 
-    fn refuse(&self, why: Refusal, job: Job<Req, Resp>) -> (Refusal, Job<Req, Resp>) {
+    /// Counts a submit that got its request back.
+    fn rejected(&self) {
         self.shared
             .counters
             .rejected
             .fetch_add(1, Ordering::Relaxed);
-        (why, job)
+    }
+
+    /// The queue to try first, and whether the others may be tried after it.
+    pub(crate) fn target(&self, intake: &Intake<Req, Resp>, job: &Job<Req, Resp>) -> (usize, bool) {
+        let n = intake.queues.len();
+        match &intake.key {
+            _ if n == 1 => (0, false),
+            Some(key) => (key.queue(&job.req, n), false),
+            None => (self.cursor.fetch_add(1, Ordering::Relaxed) % n, true),
+        }
+    }
+
+    /// Puts a job on a queue without blocking. On refusal the job comes back.
+    pub(crate) fn try_enqueue(
+        &self,
+        intake: &Intake<Req, Resp>,
+        job: Job<Req, Resp>,
+    ) -> Result<usize, (Refusal, Job<Req, Resp>)> {
+        let queues = &intake.queues;
+        let (first, ring) = self.target(intake, &job);
+        let tries = if ring { queues.len() } else { 1 };
+        let mut job = job;
+        for k in 0..tries {
+            match queues[(first + k) % queues.len()].try_send(job) {
+                Ok(()) => return Ok(first),
+                Err(TrySendError::Full(back)) => job = back,
+                Err(TrySendError::Disconnected(back)) => return Err((Refusal::ShutDown, back)),
+            }
+        }
+        Err((Refusal::Full, job))
     }
 
     /// Puts a job on a queue, waiting as `wait` says. On refusal the job comes back.
@@ -241,35 +281,28 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         wait: Wait,
     ) -> Result<RequestId, (Refusal, Job<Req, Resp>)> {
         let Some(intake) = intake else {
-            return Err(self.refuse(Refusal::ShutDown, job));
+            return Err((Refusal::ShutDown, job));
         };
         let id = job.id;
-        let queues = &intake.queues;
-        let n = queues.len();
-        let first = if n == 1 {
-            0
-        } else {
-            self.cursor.fetch_add(1, Ordering::Relaxed) % n
-        };
-        let mut job = job;
-        for k in 0..n {
-            match queues[(first + k) % n].try_send(job) {
-                Ok(()) => return Ok(id),
-                Err(TrySendError::Full(back)) => job = back,
-                Err(TrySendError::Disconnected(back)) => {
-                    return Err(self.refuse(Refusal::ShutDown, back));
-                }
+        let (job, first) = match self.try_enqueue(intake, job) {
+            Ok(_) => return Ok(id),
+            Err((Refusal::Full, job)) => {
+                let first = self.target(intake, &job).0;
+                (job, first)
             }
-        }
+            Err(refused) => return Err(refused),
+        };
         let deadline = match wait {
-            Wait::No => return Err(self.refuse(Refusal::Full, job)),
+            Wait::No => return Err((Refusal::Full, job)),
             Wait::Forever => None,
             Wait::Until(at) => Some(at),
         };
         let closed = &self.shared.closed;
-        let sent = if n == 1 {
-            // The common case, with the allocation-free macro.
-            let q = &queues[0];
+        let queues = &intake.queues;
+        let n = queues.len();
+        let sent = if n == 1 || intake.key.is_some() {
+            // One possible queue: the allocation-free macro.
+            let q = &queues[first];
             let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             match timeout {
                 None => select_biased! {
@@ -283,7 +316,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
                 },
             }
         } else {
-            // Every worker queue is full: wait for space on any of them.
+            // Round robin and every worker queue is full: wait for space on any of them.
             let mut sel = Select::new_biased();
             sel.recv(closed);
             for k in 0..n {
@@ -306,19 +339,21 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
                 }
             }
         };
-        match sent {
-            Ok(()) => Ok(id),
-            Err((why, job)) => Err(self.refuse(why, job)),
-        }
+        sent.map(|()| id)
     }
 
     fn submit(
         &self,
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
+        deadline: Option<Instant>,
     ) -> Result<RequestId, SubmitError<Req>> {
-        self.enqueue(intake, self.job(req, Route::Stream), Wait::Forever)
-            .map_err(|(_, job)| SubmitError::ShutDown(job.req))
+        let job = self.job(req, deadline, Route::Stream);
+        self.enqueue(intake, job, Wait::Forever)
+            .map_err(|(_, job)| {
+                self.rejected();
+                SubmitError::ShutDown(job.req)
+            })
     }
 
     fn try_submit(
@@ -326,11 +361,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
     ) -> Result<RequestId, TrySubmitError<Req>> {
-        self.enqueue(intake, self.job(req, Route::Stream), Wait::No)
-            .map_err(|(why, job)| match why {
+        let job = self.job(req, None, Route::Stream);
+        self.enqueue(intake, job, Wait::No).map_err(|(why, job)| {
+            self.rejected();
+            match why {
                 Refusal::Full | Refusal::Timeout => TrySubmitError::Full(job.req),
                 Refusal::ShutDown => TrySubmitError::ShutDown(job.req),
-            })
+            }
+        })
     }
 
     fn submit_timeout(
@@ -343,11 +381,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             Some(at) => Wait::Until(at),
             None => Wait::Forever,
         };
-        self.enqueue(intake, self.job(req, Route::Stream), wait)
-            .map_err(|(why, job)| match why {
+        let job = self.job(req, None, Route::Stream);
+        self.enqueue(intake, job, wait).map_err(|(why, job)| {
+            self.rejected();
+            match why {
                 Refusal::Full | Refusal::Timeout => SubmitTimeoutError::Timeout(job.req),
                 Refusal::ShutDown => SubmitTimeoutError::ShutDown(job.req),
-            })
+            }
+        })
     }
 
     /// The first half of a `call`: enqueue with a pooled reply channel, return its receiver.
@@ -358,9 +399,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     ) -> Result<Receiver<Reply<Req, Resp>>, CallError<Req>> {
         let pool = &self.shared.replies;
         let (tx, rx) = pool.1.try_recv().unwrap_or_else(|_| bounded(1));
-        match self.enqueue(intake, self.job(req, Route::Call(tx)), Wait::Forever) {
+        let job = self.job(req, None, Route::Call(tx));
+        match self.enqueue(intake, job, Wait::Forever) {
             Ok(_) => Ok(rx),
             Err((_, job)) => {
+                self.rejected();
                 if let Route::Call(tx) = job.route {
                     let _ = pool.0.try_send((tx, rx));
                 }
@@ -435,7 +478,94 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// # Ok::<(), channel_orchestrator::BuildError>(())
     /// ```
     pub fn submit(&self, req: Req) -> Result<RequestId, SubmitError<Req>> {
-        self.handle.submit(self.intake(), req)
+        self.handle.submit(self.intake(), req, None)
+    }
+
+    /// As [`submit`](Self::submit), for a request that is worth running only before
+    /// `deadline`: a worker that takes it later answers `Err(JobError::DeadlineExceeded)`
+    /// without running it (counted in `failed`). Handlers built with
+    /// [`build_with_context`](Builder::build_with_context) see the deadline in their context.
+    ///
+    /// # Errors
+    ///
+    /// `SubmitError::ShutDown(req)` if the orchestrator is shutting down.
+    pub fn submit_with_deadline(
+        &self,
+        req: Req,
+        deadline: Instant,
+    ) -> Result<RequestId, SubmitError<Req>> {
+        self.handle.submit(self.intake(), req, Some(deadline))
+    }
+
+    /// Feeds `inputs` through the pool from this one thread and yields each [`Response`] as
+    /// it completes (in completion order; see [`process_ordered`](Self::process_ordered)).
+    ///
+    /// The iterator sends and receives at once (a `select!` over the queue and its own
+    /// response channel), so it never deadlocks whatever the capacities, and it keeps at most
+    /// a window of `queue_capacity + workers` requests in flight however long the input is.
+    /// Its responses travel on a private channel, never on the shared responses channel, so
+    /// several `process` calls and ordinary submits can run at once. Dropping it early stops
+    /// feeding; requests already in flight still run, and their responses count as
+    /// undelivered.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (orch, _responses) = channel_orchestrator::Orchestrator::builder()
+    ///     .workers(2)
+    ///     .queue_capacity(1)
+    ///     .build(|x: u64| x * 2)?;
+    /// let sum: u64 = orch.process(0..10_000).map(|r| r.outcome.unwrap()).sum();
+    /// assert_eq!(sum, 2 * (0..10_000).sum::<u64>());
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn process<I>(&self, inputs: I) -> Process<'_, Req, Resp, I::IntoIter>
+    where
+        I: IntoIterator<Item = Req>,
+    {
+        Process::new(
+            &self.handle,
+            self.running().intake.as_ref(),
+            self.window(),
+            inputs,
+        )
+    }
+
+    /// As [`process`](Self::process), yielding responses in input order.
+    ///
+    /// Out-of-order results wait in a reorder buffer of one window (`queue_capacity +
+    /// workers` slots, allocated once). Feeding never runs more than a window ahead of the
+    /// oldest unanswered input, so memory stays bounded: one slow request holds up the
+    /// stream — feeding stops once the window is full — until it completes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (orch, _responses) = channel_orchestrator::Orchestrator::builder()
+    ///     .workers(4)
+    ///     .build(|word: &'static str| word.len())?;
+    /// let lens: Vec<usize> = orch
+    ///     .process_ordered(["a", "bb", "ccc", "dddd"])
+    ///     .map(|r| r.outcome.unwrap())
+    ///     .collect();
+    /// assert_eq!(lens, [1, 2, 3, 4]);
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn process_ordered<I>(&self, inputs: I) -> ProcessOrdered<'_, Req, Resp, I::IntoIter>
+    where
+        I: IntoIterator<Item = Req>,
+    {
+        ProcessOrdered::new(
+            &self.handle,
+            self.running().intake.as_ref(),
+            self.window(),
+            inputs,
+        )
+    }
+
+    /// The in-flight window of `process`: every queue slot, plus one job per worker.
+    fn window(&self) -> usize {
+        self.queue_capacity + self.workers
     }
 
     /// Submits a request without blocking.
@@ -641,11 +771,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     where
         S: 'static,
         I: Fn(WorkerId) -> S + Send + Sync + 'static,
-        H: Fn(&mut S, Req) -> Resp + Send + Sync + 'static,
+        H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
     {
         let n = cfg.workers;
         let (senders, receivers): (Vec<_>, Vec<_>) = match cfg.distribution {
-            Distribution::RoundRobin if n > 1 => (0..n)
+            Distribution::RoundRobin | Distribution::ByKey(_) if n > 1 => (0..n)
                 .map(|i| bounded(cfg.queue_capacity / n + usize::from(i < cfg.queue_capacity % n)))
                 .unzip(),
             _ => std::iter::once(bounded(cfg.queue_capacity)).unzip(),
@@ -661,6 +791,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         let flush_every = cfg.metrics.then(|| cfg.metrics_interval / 2);
         let (init, handler) = (Arc::new(init), Arc::new(handler));
 
+        let key = match &cfg.distribution {
+            Distribution::ByKey(key) if n > 1 => Some(key.clone()),
+            _ => None,
+        };
+        let steal = key.is_none();
         let mut spawn: SpawnWorker = {
             let receivers = receivers.clone();
             let (name, stack, stop, bcast_tx) = (
@@ -670,9 +805,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
                 bcast_tx.clone(),
             );
             Box::new(move |i| {
+                // Own queue first. `RoundRobin` steals from the others in order;
+                // `ByKey` never steals: that would break per-key order.
                 let mut queues = receivers.clone();
                 let len = queues.len();
                 queues.rotate_left(i % len);
+                if !steal {
+                    queues.truncate(1);
+                }
                 let worker = Worker {
                     id: i,
                     queues,
@@ -768,7 +908,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         // If this spawn fails, the closure (and the supervisor's state in it) is dropped:
         // then queues close, the workers exit, and the broadcaster sees its inbox close.
         let (intake, sup_name) = (
-            Arc::new(Intake { queues: senders }),
+            Arc::new(Intake {
+                queues: senders,
+                key,
+            }),
             format!("{}-supervisor", cfg.thread_name),
         );
         let supervisor = match spawn_named(sup_name.clone(), move || sup.run()) {
@@ -809,6 +952,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
                 broadcaster,
             }),
             workers: n,
+            queue_capacity: cfg.queue_capacity,
         };
         Ok((orch, resp_rx))
     }
@@ -853,7 +997,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Submitter<Req, Resp> {
     /// `SubmitError::ShutDown(req)` once any shutdown started (or the orchestrator was dropped).
     pub fn submit(&self, req: Req) -> Result<RequestId, SubmitError<Req>> {
         let intake = self.handle.shared.intake.upgrade();
-        self.handle.submit(intake.as_deref(), req)
+        self.handle.submit(intake.as_deref(), req, None)
     }
 
     /// As [`Orchestrator::try_submit`].

@@ -125,7 +125,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             // Blocks only until the last in-progress submit returns: intake is closed.
             for job in q.iter() {
                 match job.route {
-                    Route::Stream => unstarted.push((job.id, job.req)),
+                    Route::Stream | Route::Process(..) => unstarted.push((job.id, job.req)),
                     Route::Call(back) => {
                         cancelled += 1;
                         Reply::cancel(back, job.req);

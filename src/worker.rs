@@ -23,6 +23,41 @@ use crate::message::{
     panic_message,
 };
 
+/// What a handler built with [`Builder::build_with_context`] learns about its job.
+///
+/// [`Builder::build_with_context`]: crate::Builder::build_with_context
+#[derive(Debug)]
+pub struct JobContext {
+    worker: WorkerId,
+    request: RequestId,
+    deadline: Option<Instant>,
+    stop: Arc<AtomicBool>,
+}
+
+impl JobContext {
+    /// The worker running the job.
+    pub fn worker(&self) -> WorkerId {
+        self.worker
+    }
+
+    /// The id of the request being handled.
+    pub fn request(&self) -> RequestId {
+        self.request
+    }
+
+    /// The deadline the request was submitted with, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the orchestrator asked running jobs to stop early: true once `shutdown_now`
+    /// was called or a `shutdown_timeout` expired. A cheap load; poll it in long loops. What
+    /// the handler returns after noticing it is still delivered as its response.
+    pub fn is_cancelled(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
 /// An uninhabited message type: channels of `Never` carry no messages, only disconnection.
 #[derive(Debug)]
 pub(crate) enum Never {}
@@ -82,7 +117,7 @@ where
     Req: Send + 'static,
     Resp: Send + 'static,
     I: Fn(WorkerId) -> S + Send + Sync + 'static,
-    H: Fn(&mut S, Req) -> Resp + Send + Sync + 'static,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
 {
     /// The thread's body.
     pub(crate) fn run(self) {
@@ -111,6 +146,12 @@ where
         }
         let mut live = vec![true; self.queues.len()];
         let mut next_flush = self.flush_every.map(|p| Instant::now() + p);
+        let mut ctx = JobContext {
+            worker: WorkerId(self.id),
+            request: RequestId(0),
+            deadline: None,
+            stop: Arc::clone(&self.stop),
+        };
 
         loop {
             let job = match self.take(&mut select, &mut live, &mut guard.stats, &mut next_flush) {
@@ -122,7 +163,7 @@ where
                 self.hand_back(job, &mut guard.stats);
                 continue;
             }
-            self.run_job(job, &mut state, &mut guard.stats, &mut next_flush);
+            self.run_job(job, &mut state, &mut ctx, &mut guard.stats, &mut next_flush);
         }
     }
 
@@ -218,6 +259,7 @@ where
         &self,
         job: Job<Req, Resp>,
         state: &mut S,
+        ctx: &mut JobContext,
         stats: &mut StatsDelta,
         next_flush: &mut Option<Instant>,
     ) {
@@ -225,8 +267,26 @@ where
             id,
             req,
             enqueued,
+            deadline,
             route,
         } = job;
+        // A clock read only for requests that carry a deadline.
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            stats.failed += 1;
+            drop(req);
+            let none = Duration::ZERO;
+            self.answer(
+                id,
+                Err(JobError::DeadlineExceeded),
+                route,
+                none,
+                none,
+                stats,
+            );
+            return;
+        }
+        ctx.request = id;
+        ctx.deadline = deadline;
         // One clock read before and one after the handler, only with metrics on.
         let start = next_flush.map(|_| Instant::now());
         let mut queue_time = Duration::ZERO;
@@ -243,7 +303,8 @@ where
         }
 
         let handler = &self.handler;
-        let result = panic::catch_unwind(AssertUnwindSafe(|| handler(state, req)));
+        let ctx = &*ctx;
+        let result = panic::catch_unwind(AssertUnwindSafe(|| handler(state, ctx, req)));
 
         let mut handler_time = Duration::ZERO;
         if let Some(start) = start {
@@ -312,6 +373,20 @@ where
                     stats.undelivered += 1;
                 }
             }
+            Route::Process(tx, seq) => {
+                let response = Response {
+                    id,
+                    worker: WorkerId(self.id),
+                    outcome,
+                    queue_time,
+                    handler_time,
+                };
+                // Never full: `process` keeps at most its channel's capacity in flight. It
+                // fails only when the iterator was dropped early.
+                if tx.send((seq, response)).is_err() {
+                    stats.undelivered += 1;
+                }
+            }
             Route::Call(back) => {
                 let reply = Reply {
                     result: outcome.map_err(CallError::Panicked),
@@ -340,7 +415,9 @@ where
 
     fn hand_back(&self, job: Job<Req, Resp>, stats: &mut StatsDelta) {
         match job.route {
-            Route::Stream => {
+            // `process` borrows the orchestrator, so no shutdown can hand its jobs back; if
+            // one ever did, the supervisor's `unstarted` is the place for it.
+            Route::Stream | Route::Process(..) => {
                 stats.handed_back += 1;
                 let _ = self.status.send(Status::Unstarted {
                     id: job.id,
