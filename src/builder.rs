@@ -4,7 +4,6 @@
 use std::any::{Any, TypeId, type_name};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -22,7 +21,7 @@ pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
 
 /// How requests are spread over the workers.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Distribution {
     /// One bounded MPMC queue that every worker receives from (the default). The first idle
@@ -52,6 +51,10 @@ impl Distribution {
     ///
     /// `Req` must be the orchestrator's request type; [`Builder::build`] checks it.
     ///
+    /// The function is kept for the rest of the program, so that `Distribution` stays
+    /// `Copy`: a closure that captures nothing (the usual key function) costs nothing; one
+    /// that captures leaks its captures once per call of `by_key`.
+    ///
     /// # Examples
     ///
     /// ```
@@ -76,7 +79,7 @@ impl Distribution {
         F: Fn(&Req) -> K + Send + Sync + 'static,
     {
         Distribution::ByKey(KeyFn {
-            hash: Arc::new(move |req: &dyn Any| {
+            hash: Box::leak(Box::new(move |req: &dyn Any| {
                 // `build` checked that requests are `Req`.
                 let req = req
                     .downcast_ref::<Req>()
@@ -84,7 +87,8 @@ impl Distribution {
                 let mut h = DefaultHasher::new();
                 key(req).hash(&mut h);
                 h.finish()
-            }),
+            })),
+            fn_type: TypeId::of::<F>(),
             req_type: TypeId::of::<Req>(),
             req_name: type_name::<Req>(),
         })
@@ -94,10 +98,13 @@ impl Distribution {
 type HashFn = dyn Fn(&dyn Any) -> u64 + Send + Sync;
 
 /// The key function of [`Distribution::ByKey`]: hashes a request's key. Opaque; made by
-/// [`Distribution::by_key`]. Two are equal when they are clones of one another.
-#[derive(Clone)]
+/// [`Distribution::by_key`]. Two are equal when they are copies of one another, or both
+/// made from the same non-capturing function.
+#[derive(Clone, Copy)]
 pub struct KeyFn {
-    hash: Arc<HashFn>,
+    hash: &'static HashFn,
+    /// With the address, identifies the function (non-capturing closures share an address).
+    fn_type: TypeId,
     req_type: TypeId,
     req_name: &'static str,
 }
@@ -128,7 +135,7 @@ impl fmt::Debug for KeyFn {
 
 impl PartialEq for KeyFn {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.hash, &other.hash)
+        self.fn_type == other.fn_type && std::ptr::addr_eq(self.hash, other.hash)
     }
 }
 

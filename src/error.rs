@@ -24,6 +24,9 @@ pub enum JobError {
     WorkerDied,
     /// The request carried a deadline that had passed when a worker took it; it was not run.
     DeadlineExceeded,
+    /// A [`Pipeline`](crate::Pipeline) shutdown with a deadline stopped the request between
+    /// stages: an earlier stage ran it, a later one never started it.
+    Cancelled,
 }
 
 impl fmt::Display for JobError {
@@ -32,6 +35,9 @@ impl fmt::Display for JobError {
             JobError::Panicked(msg) => write!(f, "handler panicked: {msg}"),
             JobError::WorkerDied => f.write_str("worker thread died before answering"),
             JobError::DeadlineExceeded => f.write_str("deadline passed before the request started"),
+            JobError::Cancelled => {
+                f.write_str("shutdown cancelled the request between pipeline stages")
+            }
         }
     }
 }

@@ -214,6 +214,7 @@ mod error;
 mod message;
 mod metrics;
 mod orchestrator;
+mod pipeline;
 mod process;
 mod supervisor;
 mod worker;
@@ -234,6 +235,9 @@ pub use crate::metrics::{
 };
 pub use crate::orchestrator::{
     DEFAULT_SUBSCRIBER_CAPACITY, Orchestrator, ShutdownReport, Submitter,
+};
+pub use crate::pipeline::{
+    Chain, First, NoStages, Pipeline, PipelineBuilder, PipelineSnapshot, Then,
 };
 pub use crate::process::{Process, ProcessOrdered};
 pub use crate::worker::JobContext;

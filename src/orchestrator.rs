@@ -220,6 +220,11 @@ impl<Req, Resp> Handle<Req, Resp> {
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
+    /// A fresh request id.
+    pub(crate) fn next_id(&self) -> RequestId {
+        RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
     pub(crate) fn job(
         &self,
         req: Req,
@@ -227,7 +232,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         route: Route<Req, Resp>,
     ) -> Job<Req, Resp> {
         Job {
-            id: RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed)),
+            id: self.next_id(),
             req,
             enqueued: self.shared.metrics.then(Instant::now),
             deadline,
@@ -453,6 +458,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             .expect("orchestrator used after shutdown")
     }
 
+    /// The submitting handle and the open intake, for feeders built elsewhere in the crate.
+    pub(crate) fn feed_parts(&self) -> (&Handle<Req, Resp>, &Intake<Req, Resp>) {
+        (&self.handle, &self.running().intake)
+    }
+
     fn intake(&self) -> Option<&Intake<Req, Resp>> {
         self.running.as_ref().map(|r| &*r.intake)
     }
@@ -527,7 +537,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             &self.handle,
             self.running().intake.as_ref(),
             self.window(),
-            inputs,
+            inputs.into_iter(),
         )
     }
 
@@ -559,12 +569,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             &self.handle,
             self.running().intake.as_ref(),
             self.window(),
-            inputs,
+            inputs.into_iter(),
         )
     }
 
     /// The in-flight window of `process`: every queue slot, plus one job per worker.
-    fn window(&self) -> usize {
+    pub(crate) fn window(&self) -> usize {
         self.queue_capacity + self.workers
     }
 

@@ -4,8 +4,10 @@
 //! The feeder keeps at most `window` requests in flight, and its private response channel
 //! has exactly `window` slots, so a worker never waits to deliver a `process` response and
 //! the feeder never waits on a queue without also watching for responses: no capacity can
-//! deadlock it.
+//! deadlock it. The same feeder serves [`Pipeline`](crate::Pipeline)s, whose first stage it
+//! feeds with jobs that carry the private route to the pipeline's end.
 
+use std::fmt;
 use std::iter::Fuse;
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
@@ -13,34 +15,47 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 use crate::message::{Job, Response, Route};
 use crate::orchestrator::{Handle, Intake, Refusal};
 
+/// Where a `process` response goes: the feeder's private channel, and the input's position.
+pub(crate) type Tag<Out> = (Sender<(u64, Response<Out>)>, u64);
+
+/// Makes the job for one input, given the route back to the feeder.
+pub(crate) type MakeJob<Req, Resp, Item, Out> =
+    fn(&Handle<Req, Resp>, Item, Tag<Out>) -> Job<Req, Resp>;
+
 /// Feeds inputs and collects `(position, response)` pairs.
-struct Feeder<'a, Req, Resp, I> {
+pub(crate) struct Feeder<'a, Req, Resp, Out, I: Iterator> {
     handle: &'a Handle<Req, Resp>,
     intake: &'a Intake<Req, Resp>,
     inputs: Fuse<I>,
+    make: MakeJob<Req, Resp, I::Item, Out>,
     /// A job made from the next input that did not fit in the queue yet.
     pending: Option<Job<Req, Resp>>,
-    tx: Sender<(u64, Response<Resp>)>,
-    rx: Receiver<(u64, Response<Resp>)>,
+    tx: Sender<(u64, Response<Out>)>,
+    rx: Receiver<(u64, Response<Out>)>,
     next_seq: u64,
     in_flight: usize,
     window: usize,
 }
 
-impl<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>>
-    Feeder<'a, Req, Resp, I>
+impl<'a, Req, Resp, Out, I> Feeder<'a, Req, Resp, Out, I>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Iterator,
 {
-    fn new(
+    pub(crate) fn new(
         handle: &'a Handle<Req, Resp>,
         intake: &'a Intake<Req, Resp>,
         window: usize,
         inputs: I,
+        make: MakeJob<Req, Resp, I::Item, Out>,
     ) -> Self {
         let (tx, rx) = bounded(window);
         Feeder {
             handle,
             intake,
             inputs: inputs.fuse(),
+            make,
             pending: None,
             tx,
             rx,
@@ -52,15 +67,15 @@ impl<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>>
 
     /// Feeds inputs at positions below `limit` while the window allows, until one response
     /// arrives. `None` when nothing is in flight and nothing more may be fed.
-    fn step(&mut self, limit: u64) -> Option<(u64, Response<Resp>)> {
+    pub(crate) fn step(&mut self, limit: u64) -> Option<(u64, Response<Out>)> {
         loop {
             if self.pending.is_none()
                 && self.next_seq < limit
                 && self.in_flight < self.window
-                && let Some(req) = self.inputs.next()
+                && let Some(item) = self.inputs.next()
             {
-                let route = Route::Process(self.tx.clone(), self.next_seq);
-                self.pending = Some(self.handle.job(req, None, route));
+                let tag = (self.tx.clone(), self.next_seq);
+                self.pending = Some((self.make)(self.handle, item, tag));
             }
             let Some(job) = self.pending.take() else {
                 if self.in_flight == 0 {
@@ -77,7 +92,7 @@ impl<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>>
                     continue;
                 }
                 Err((Refusal::Full, job)) => job,
-                // `process` borrows the orchestrator: no shutdown can have started.
+                // The iterator borrows its orchestrator: no shutdown can have started.
                 Err(_) => return None,
             };
             let q = &self.intake.queues[self.handle.target(self.intake, &job).0];
@@ -109,71 +124,30 @@ impl<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>>
     }
 }
 
-/// The iterator of [`Orchestrator::process`](crate::Orchestrator::process): responses in
-/// completion order.
-#[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
-pub struct Process<'a, Req, Resp, I> {
-    feeder: Feeder<'a, Req, Resp, I>,
-}
-
-impl<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>>
-    Process<'a, Req, Resp, I>
-{
-    pub(crate) fn new(
-        handle: &'a Handle<Req, Resp>,
-        intake: &'a Intake<Req, Resp>,
-        window: usize,
-        inputs: impl IntoIterator<IntoIter = I>,
-    ) -> Self {
-        Process {
-            feeder: Feeder::new(handle, intake, window, inputs.into_iter()),
-        }
-    }
-}
-
-impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>> Iterator
-    for Process<'_, Req, Resp, I>
-{
-    type Item = Response<Resp>;
-
-    fn next(&mut self) -> Option<Response<Resp>> {
-        self.feeder.step(u64::MAX).map(|(_, r)| r)
-    }
-}
-
-/// The iterator of [`Orchestrator::process_ordered`](crate::Orchestrator::process_ordered):
-/// responses in input order.
-#[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
-pub struct ProcessOrdered<'a, Req, Resp, I> {
-    feeder: Feeder<'a, Req, Resp, I>,
+/// Yields a feeder's responses in input order, through a reorder buffer of one window.
+pub(crate) struct Ordered<'a, Req, Resp, Out, I: Iterator> {
+    feeder: Feeder<'a, Req, Resp, Out, I>,
     /// Responses that arrived before their turn, at `position % window`.
-    reorder: Vec<Option<Response<Resp>>>,
+    reorder: Vec<Option<Response<Out>>>,
     next_out: u64,
 }
 
-impl<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>>
-    ProcessOrdered<'a, Req, Resp, I>
+impl<'a, Req, Resp, Out, I> Ordered<'a, Req, Resp, Out, I>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Iterator,
 {
-    pub(crate) fn new(
-        handle: &'a Handle<Req, Resp>,
-        intake: &'a Intake<Req, Resp>,
-        window: usize,
-        inputs: impl IntoIterator<IntoIter = I>,
-    ) -> Self {
-        ProcessOrdered {
-            feeder: Feeder::new(handle, intake, window, inputs.into_iter()),
+    pub(crate) fn new(feeder: Feeder<'a, Req, Resp, Out, I>) -> Self {
+        let window = feeder.window;
+        Ordered {
+            feeder,
             reorder: (0..window).map(|_| None).collect(),
             next_out: 0,
         }
     }
-}
 
-impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>> Iterator
-    for ProcessOrdered<'_, Req, Resp, I>
-{
-    type Item = Response<Resp>;
-
-    fn next(&mut self) -> Option<Response<Resp>> {
+    pub(crate) fn next_in_order(&mut self) -> Option<Response<Out>> {
         let window = self.reorder.len() as u64;
         loop {
             let slot = (self.next_out % window) as usize;
@@ -192,8 +166,93 @@ impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator<Item = Req>> Iterato
     }
 }
 
-impl<Req, Resp, I> std::fmt::Debug for Process<'_, Req, Resp, I> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+fn orchestrator_job<Req: Send + 'static, Resp: Send + 'static>(
+    handle: &Handle<Req, Resp>,
+    req: Req,
+    (tx, seq): Tag<Resp>,
+) -> Job<Req, Resp> {
+    handle.job(req, None, Route::Process(tx, seq))
+}
+
+/// The iterator of [`Orchestrator::process`](crate::Orchestrator::process): responses in
+/// completion order.
+#[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
+pub struct Process<'a, Req, Resp, I: Iterator> {
+    feeder: Feeder<'a, Req, Resp, Resp, I>,
+}
+
+impl<'a, Req, Resp, I> Process<'a, Req, Resp, I>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Iterator<Item = Req>,
+{
+    pub(crate) fn new(
+        handle: &'a Handle<Req, Resp>,
+        intake: &'a Intake<Req, Resp>,
+        window: usize,
+        inputs: I,
+    ) -> Self {
+        Process {
+            feeder: Feeder::new(handle, intake, window, inputs, orchestrator_job),
+        }
+    }
+}
+
+impl<Req, Resp, I> Iterator for Process<'_, Req, Resp, I>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Iterator<Item = Req>,
+{
+    type Item = Response<Resp>;
+
+    fn next(&mut self) -> Option<Response<Resp>> {
+        self.feeder.step(u64::MAX).map(|(_, r)| r)
+    }
+}
+
+/// The iterator of [`Orchestrator::process_ordered`](crate::Orchestrator::process_ordered):
+/// responses in input order.
+#[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
+pub struct ProcessOrdered<'a, Req, Resp, I: Iterator> {
+    ordered: Ordered<'a, Req, Resp, Resp, I>,
+}
+
+impl<'a, Req, Resp, I> ProcessOrdered<'a, Req, Resp, I>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Iterator<Item = Req>,
+{
+    pub(crate) fn new(
+        handle: &'a Handle<Req, Resp>,
+        intake: &'a Intake<Req, Resp>,
+        window: usize,
+        inputs: I,
+    ) -> Self {
+        let feeder = Feeder::new(handle, intake, window, inputs, orchestrator_job);
+        ProcessOrdered {
+            ordered: Ordered::new(feeder),
+        }
+    }
+}
+
+impl<Req, Resp, I> Iterator for ProcessOrdered<'_, Req, Resp, I>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Iterator<Item = Req>,
+{
+    type Item = Response<Resp>;
+
+    fn next(&mut self) -> Option<Response<Resp>> {
+        self.ordered.next_in_order()
+    }
+}
+
+impl<Req, Resp, I: Iterator> fmt::Debug for Process<'_, Req, Resp, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
             .field("fed", &self.feeder.next_seq)
             .field("in_flight", &self.feeder.in_flight)
@@ -201,12 +260,12 @@ impl<Req, Resp, I> std::fmt::Debug for Process<'_, Req, Resp, I> {
     }
 }
 
-impl<Req, Resp, I> std::fmt::Debug for ProcessOrdered<'_, Req, Resp, I> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl<Req, Resp, I: Iterator> fmt::Debug for ProcessOrdered<'_, Req, Resp, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessOrdered")
-            .field("fed", &self.feeder.next_seq)
-            .field("yielded", &self.next_out)
-            .field("in_flight", &self.feeder.in_flight)
+            .field("fed", &self.ordered.feeder.next_seq)
+            .field("yielded", &self.ordered.next_out)
+            .field("in_flight", &self.ordered.feeder.in_flight)
             .finish_non_exhaustive()
     }
 }
