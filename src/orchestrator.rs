@@ -802,7 +802,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         let (init, handler) = (Arc::new(init), Arc::new(handler));
 
         let key = match &cfg.distribution {
-            Distribution::ByKey(key) if n > 1 => Some(key.clone()),
+            Distribution::ByKey(key) if n > 1 => Some(*key),
             _ => None,
         };
         let steal = key.is_none();
