@@ -49,7 +49,10 @@ fn process_ordered_yields_input_order_despite_uneven_jobs() {
                 x
             })
             .unwrap();
-        let out: Vec<u64> = orch.process_ordered(0..2_000).map(|r| r.outcome.unwrap()).collect();
+        let out: Vec<u64> = orch
+            .process_ordered(0..2_000)
+            .map(|r| r.outcome.unwrap())
+            .collect();
         assert_eq!(out, (0..2_000).collect::<Vec<_>>());
     }
 }
@@ -84,15 +87,26 @@ fn process_keeps_at_most_a_window_of_inputs_in_flight() {
 
 #[test]
 fn several_process_calls_and_submits_at_once_keep_their_routes() {
-    let (orch, responses) = Orchestrator::builder().workers(2).build(|x: u64| x).unwrap();
+    let (orch, responses) = Orchestrator::builder()
+        .workers(2)
+        .build(|x: u64| x)
+        .unwrap();
     let orch = &orch;
     thread::scope(|s| {
-        let a = s.spawn(move || orch.process(0..5_000).map(|r| r.outcome.unwrap()).sum::<u64>());
+        let a = s.spawn(move || {
+            orch.process(0..5_000)
+                .map(|r| r.outcome.unwrap())
+                .sum::<u64>()
+        });
         let b = s.spawn(move || {
-            orch.process_ordered(5_000..10_000).map(|r| r.outcome.unwrap()).collect::<Vec<_>>()
+            orch.process_ordered(5_000..10_000)
+                .map(|r| r.outcome.unwrap())
+                .collect::<Vec<_>>()
         });
         let c = s.spawn(move || {
-            let ids: HashSet<_> = (0..1_000).map(|i| orch.submit(100_000 + i).unwrap()).collect();
+            let ids: HashSet<_> = (0..1_000)
+                .map(|i| orch.submit(100_000 + i).unwrap())
+                .collect();
             ids
         });
         assert_eq!(a.join().unwrap(), (0..5_000).sum::<u64>());
