@@ -249,7 +249,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     }
 
     /// The queue to try first, and whether the others may be tried after it.
-    pub(crate) fn target(&self, intake: &Intake<Req, Resp>, job: &Job<Req, Resp>) -> (usize, bool) {
+    fn target(&self, intake: &Intake<Req, Resp>, job: &Job<Req, Resp>) -> (usize, bool) {
         let n = intake.queues.len();
         match &intake.key {
             _ if n == 1 => (0, false),
@@ -258,24 +258,27 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         }
     }
 
-    /// Puts a job on a queue without blocking. On refusal the job comes back.
+    /// Puts a job on a queue without blocking. On refusal the job comes back, with the
+    /// index of the queue a blocking wait should start from.
     pub(crate) fn try_enqueue(
         &self,
         intake: &Intake<Req, Resp>,
         job: Job<Req, Resp>,
-    ) -> Result<usize, (Refusal, Job<Req, Resp>)> {
+    ) -> Result<(), (Refusal, Job<Req, Resp>, usize)> {
         let queues = &intake.queues;
         let (first, ring) = self.target(intake, &job);
         let tries = if ring { queues.len() } else { 1 };
         let mut job = job;
         for k in 0..tries {
             match queues[(first + k) % queues.len()].try_send(job) {
-                Ok(()) => return Ok(first),
+                Ok(()) => return Ok(()),
                 Err(TrySendError::Full(back)) => job = back,
-                Err(TrySendError::Disconnected(back)) => return Err((Refusal::ShutDown, back)),
+                Err(TrySendError::Disconnected(back)) => {
+                    return Err((Refusal::ShutDown, back, first));
+                }
             }
         }
-        Err((Refusal::Full, job))
+        Err((Refusal::Full, job, first))
     }
 
     /// Puts a job on a queue, waiting as `wait` says. On refusal the job comes back.
@@ -290,12 +293,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         };
         let id = job.id;
         let (job, first) = match self.try_enqueue(intake, job) {
-            Ok(_) => return Ok(id),
-            Err((Refusal::Full, job)) => {
-                let first = self.target(intake, &job).0;
-                (job, first)
-            }
-            Err(refused) => return Err(refused),
+            Ok(()) => return Ok(id),
+            Err((Refusal::Full, job, first)) => (job, first),
+            Err((why, job, _)) => return Err((why, job)),
         };
         let deadline = match wait {
             Wait::No => return Err((Refusal::Full, job)),

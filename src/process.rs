@@ -86,16 +86,16 @@ where
                 self.in_flight -= 1;
                 return got;
             };
-            let job = match self.handle.try_enqueue(self.intake, job) {
-                Ok(_) => {
+            let (job, first) = match self.handle.try_enqueue(self.intake, job) {
+                Ok(()) => {
                     self.sent();
                     continue;
                 }
-                Err((Refusal::Full, job)) => job,
+                Err((Refusal::Full, job, first)) => (job, first),
                 // The iterator borrows its orchestrator: no shutdown can have started.
                 Err(_) => return None,
             };
-            let q = &self.intake.queues[self.handle.target(self.intake, &job).0];
+            let q = &self.intake.queues[first];
             if self.in_flight == 0 {
                 // Nothing to read: wait for queue space alone.
                 match q.send(job) {

@@ -16,7 +16,7 @@ fn same_key_runs_on_one_worker_in_submit_order() {
         .queue_capacity(64)
         .distribution(Distribution::by_key(|req: &(u32, u32)| req.0))
         .build(|req: (u32, u32)| {
-            if req.1 % 17 == 0 {
+            if req.1.is_multiple_of(17) {
                 thread::sleep(Duration::from_micros(200));
             }
             req

@@ -43,7 +43,7 @@ fn process_ordered_yields_input_order_despite_uneven_jobs() {
             .queue_capacity(4)
             .distribution(dist)
             .build(|x: u64| {
-                if x % 7 == 0 {
+                if x.is_multiple_of(7) {
                     thread::sleep(Duration::from_micros(300));
                 }
                 x
