@@ -178,6 +178,19 @@ impl Broadcaster {
     }
 
     fn finish(self, mut st: State, unstarted: u64, sup_cancelled: u64) -> ShutdownSummary {
+        // Every `subscribe` returned before the shutdown began (it borrows the orchestrator),
+        // so its request is already here: register it, so it too gets the summary.
+        while let Ok(msg) = self.control.try_recv() {
+            match msg {
+                Control::Subscribe { tx, capacity } => {
+                    st.subscribers.push(Subscriber { tx, capacity });
+                }
+                Control::Snapshot { reply } => {
+                    let snap = self.snapshot(&mut st);
+                    let _ = reply.send(snap);
+                }
+            }
+        }
         // Every worker's last report was sent before the supervisor's `Finish`.
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
