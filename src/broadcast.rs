@@ -84,7 +84,8 @@ impl Broadcaster {
             seq: 0,
             workers: (0..self.workers)
                 .map(|_| WorkerTotals {
-                    state: Some(WorkerState::Starting),
+                    // `build` returned only after every worker's `init` ran.
+                    state: Some(WorkerState::Idle),
                     ..Default::default()
                 })
                 .collect(),
@@ -121,6 +122,7 @@ impl Broadcaster {
                 },
                 recv(ticker) -> _ => {
                     st.interval_rates(Instant::now());
+                    st.seq += 1;
                     let snap = self.snapshot(&mut st);
                     st.broadcast(MetricsEvent::Snapshot(snap));
                 }
@@ -128,8 +130,10 @@ impl Broadcaster {
         }
     }
 
+    /// The current snapshot, carrying the current sequence number: a snapshot that is
+    /// broadcast takes a new number first; one that answers `metrics()` takes none, so
+    /// subscribers see no gap.
     fn snapshot(&self, st: &mut State) -> MetricsSnapshot {
-        st.seq += 1;
         let queued = (self.queue_len)() as u64;
         let mut sum = StatsDelta::default();
         let mut in_flight = 0;
@@ -283,13 +287,13 @@ impl State {
     fn broadcast(&mut self, event: MetricsEvent) {
         let mut evicted = 0;
         self.subscribers.retain(|s| {
-            if s.tx.len() >= s.capacity {
-                evicted += 1;
-                return false;
-            }
+            // A full buffer means a stalled subscriber: this event takes the reserved slot
+            // (so its receiver sees it, then the disconnect) and the subscriber goes. A
+            // dropped receiver can look full too; `Disconnected` tells the two apart.
+            let full = s.tx.len() >= s.capacity;
             match s.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
+                Ok(()) if !full => true,
+                Ok(()) | Err(TrySendError::Full(_)) => {
                     evicted += 1;
                     false
                 }

@@ -163,11 +163,26 @@ pub(crate) struct StatsDelta {
     pub(crate) wait: Histogram,
     /// Whether the worker is in the middle of a job (or has more queued) at report time.
     pub(crate) busy: bool,
+    /// Worker-local, never merged: whether the last report that went out said `busy`, so an
+    /// idle worker knows it still owes an "idle" report.
+    pub(crate) reported_busy: bool,
 }
 
 impl StatsDelta {
+    /// Whether there is anything to report (a job can be taken in one report and finished
+    /// in the next, so finishing counts too).
     pub(crate) fn is_dirty(&self) -> bool {
-        self.taken != 0 || self.undelivered != 0 || self.cancelled != 0 || self.handed_back != 0
+        self.taken != 0
+            || self.completed != 0
+            || self.failed != 0
+            || self.undelivered != 0
+            || self.cancelled != 0
+            || self.handed_back != 0
+    }
+
+    /// Whether the worker owes the broadcaster a report before it may sleep without a deadline.
+    pub(crate) fn owes_report(&self) -> bool {
+        self.is_dirty() || self.reported_busy
     }
 
     pub(crate) fn merge(&mut self, d: &StatsDelta) {

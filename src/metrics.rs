@@ -13,7 +13,11 @@ use crate::{RequestId, WorkerId};
 /// [`MetricsEvent::Snapshot`] streams it.
 ///
 /// Counts come from the workers in batches, so they may lag the truth by up to one
-/// `metrics_interval`; they never overshoot it. The totals in the final
+/// `metrics_interval`; they never overshoot it. A worker reports between jobs (at most
+/// every half interval, when it goes idle, and when a job ends after a report was due), so
+/// a job that runs longer than the interval is counted when it ends — and a job that starts
+/// less than half an interval after its worker's last report shows up neither as in flight
+/// nor as submitted until then. The totals in the final
 /// [`ShutdownSummary`] are exact. With `.metrics(false)` the workers send their counts only
 /// when they stop, so a running orchestrator reports zeros.
 ///
@@ -31,7 +35,7 @@ pub struct MetricsSnapshot {
     pub rejected: u64,
     /// Jobs whose handler returned a value.
     pub completed: u64,
-    /// Jobs whose handler panicked.
+    /// Jobs answered with an error: the handler panicked, or the deadline had passed.
     pub failed: u64,
     /// Responses that nobody could receive (the responses receiver was dropped, or a
     /// `shutdown_timeout` gave up on a full response channel). Counted in `completed`/`failed` too.
@@ -66,7 +70,7 @@ pub struct WorkerSnapshot {
     pub state: WorkerState,
     /// Jobs it finished with a value.
     pub completed: u64,
-    /// Jobs whose handler panicked on it.
+    /// Jobs it answered with an error (handler panic, passed deadline).
     pub failed: u64,
     /// Fraction of the last interval it spent inside the handler, `0.0..=1.0`.
     pub busy: f64,
@@ -193,7 +197,7 @@ pub struct ShutdownSummary {
     pub submitted: u64,
     /// Jobs whose handler returned a value.
     pub completed: u64,
-    /// Jobs whose handler panicked.
+    /// Jobs answered with an error: the handler panicked, or the deadline had passed.
     pub failed: u64,
     /// Responses nobody could receive (also counted in `completed` or `failed`).
     pub undelivered: u64,

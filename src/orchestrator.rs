@@ -58,6 +58,14 @@ struct Shared<Req, Resp> {
     intake: Weak<Intake<Req, Resp>>,
     /// Disconnects when a shutdown starts; wakes submits blocked on a full queue.
     closed: Receiver<Never>,
+    /// Set once, with `Release`, when a shutdown starts, before `closed` disconnects; read
+    /// with `Relaxed` by every submit, which then refuses. Without it, producers that keep
+    /// retrying would keep the intake `Arc` upgraded and a graceful shutdown could never
+    /// close the queues. A submit that saw `closed` fire (an acquire through the channel)
+    /// is ordered after the store, so its later loads see `true`: a `ShutDown` is final. The
+    /// flag is never written in steady state, so the per-submit load costs no contention;
+    /// polling `closed` instead would take crossbeam's internal lock on every submit.
+    closing: AtomicBool,
     /// The next request id. One `Relaxed` `fetch_add` per accepted submit: ids only need to
     /// be unique, and the queue's own send already touches a line every producer shares.
     next_id: AtomicU64,
@@ -152,7 +160,7 @@ pub struct ShutdownReport<Req> {
     pub submitted: u64,
     /// Jobs whose handler returned a value (`call`s included).
     pub completed: u64,
-    /// Jobs whose handler panicked (`call`s included).
+    /// Jobs answered with an error: the handler panicked or the deadline had passed (`call`s included).
     pub failed: u64,
     /// Responses nobody could receive: the responses receiver was dropped, or a
     /// `shutdown_timeout` gave up waiting for space. Also counted in `completed` or `failed`.
@@ -291,6 +299,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         let Some(intake) = intake else {
             return Err((Refusal::ShutDown, job));
         };
+        if self.shared.closing.load(Ordering::Relaxed) {
+            return Err((Refusal::ShutDown, job));
+        }
         let id = job.id;
         let (job, first) = match self.try_enqueue(intake, job) {
             Ok(()) => return Ok(id),
@@ -669,9 +680,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// after which the channel disconnects.
     ///
     /// The subscriber buffers up to `capacity` events (at least 1). If its buffer is full when
-    /// an event is sent, it is evicted: it still receives what it had buffered (and the final
-    /// `Shutdown` event, if the shutdown comes first), then sees the channel disconnected. A
-    /// slow or stalled subscriber never slows the workers. Dropping the receiver unsubscribes.
+    /// an event is sent, it is evicted: it still receives what it had buffered and that last
+    /// event, then sees the channel disconnected. (One slot beyond `capacity` is reserved for
+    /// the event that evicts it, or for the final `Shutdown` event, which therefore reaches
+    /// every subscriber that was not evicted.) A slow or stalled subscriber never slows the
+    /// workers. Dropping the receiver unsubscribes.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Receiver<MetricsEvent> {
         let capacity = capacity.max(1);
         let (tx, rx) = bounded(capacity + 1);
@@ -750,6 +763,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         if matches!(mode, Shutdown::Now) {
             stop.store(true, Ordering::Relaxed);
         }
+        self.handle.shared.closing.store(true, Ordering::Release);
         drop(closed); // wakes submits blocked on a full queue
         drop(intake); // the queues close once in-progress submits return
         let _ = supervisor_ctl.send(mode);
@@ -914,6 +928,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             queues: receivers,
             stop: Arc::clone(&stop),
             abort: Some(abort_tx),
+            shutting_down: false,
         };
         // If this spawn fails, the closure (and the supervisor's state in it) is dropped:
         // then queues close, the workers exit, and the broadcaster sees its inbox close.
@@ -942,6 +957,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         let shared = Arc::new(Shared {
             intake: Arc::downgrade(&intake),
             closed: closed_rx,
+            closing: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             counters,
             metrics: cfg.metrics,
@@ -989,6 +1005,7 @@ impl<Req, Resp> Drop for Orchestrator<Req, Resp> {
                 broadcaster,
                 ..
             } = running;
+            self.handle.shared.closing.store(true, Ordering::Release);
             drop(closed);
             drop(intake);
             let _ = supervisor_ctl.send(Shutdown::Drain { deadline: None });

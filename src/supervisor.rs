@@ -24,6 +24,9 @@ pub(crate) type SpawnWorker = Box<dyn FnMut(usize) -> io::Result<JoinHandle<()>>
 /// worker, so an `init` that always panics cannot spin the machine.
 const RESPAWN_MIN: Duration = Duration::from_millis(10);
 const RESPAWN_MAX: Duration = Duration::from_secs(1);
+/// During a draining shutdown, a worker whose replacements keep dying is given up after this
+/// many deaths in a row; what it would have run comes back in the report's `unstarted`.
+const SHUTDOWN_RESPAWNS: u32 = 3;
 
 /// What the supervisor hands back when it returns.
 pub(crate) struct Outcome<Req> {
@@ -54,6 +57,8 @@ pub(crate) struct Supervisor<Req, Resp> {
     pub(crate) stop: Arc<AtomicBool>,
     /// Dropped when a `shutdown_timeout` expires: workers stop waiting for response space.
     pub(crate) abort: Option<Sender<Never>>,
+    /// Whether the shutdown command arrived.
+    pub(crate) shutting_down: bool,
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
@@ -74,12 +79,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         }
         let mut unstarted = Vec::new();
         let mut control = self.control.clone();
-        let mut shutting_down = false;
         let mut deadline = never();
         let mut respawn = never();
 
         loop {
-            if shutting_down && slots.iter().all(|s| !s.running && s.respawn_at.is_none()) {
+            if self.shutting_down && slots.iter().all(|s| !s.running && s.respawn_at.is_none()) {
                 break;
             }
             select! {
@@ -94,7 +98,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     // (it was leaked or its thread unwound mid-shutdown) means "drain".
                     let cmd = cmd.unwrap_or(Shutdown::Drain { deadline: None });
                     control = never();
-                    shutting_down = true;
+                    self.shutting_down = true;
                     match cmd {
                         // Already set by the orchestrator; responses of running jobs still
                         // wait for space, as the contract says.
@@ -193,7 +197,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     slot.deaths += 1;
                     self.event(worker, WorkerEventKind::Died(message));
                 }
-                if slot.deaths > 0 && !self.stop.load(Ordering::Relaxed) {
+                if self.should_respawn(slot.deaths) {
                     let backoff = RESPAWN_MIN
                         .saturating_mul(1 << (slot.deaths - 1).min(7))
                         .min(RESPAWN_MAX);
@@ -204,6 +208,16 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                 }
             }
         }
+    }
+
+    /// Whether to replace a worker that died `deaths` times in a row: never once `stop` is
+    /// set; while draining, only if work is left and the replacements do not keep dying.
+    fn should_respawn(&self, deaths: u32) -> bool {
+        if deaths == 0 || self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        !self.shutting_down
+            || (deaths <= SHUTDOWN_RESPAWNS && self.queues.iter().any(|q| !q.is_empty()))
     }
 
     fn respawn_timer(slots: &[Slot]) -> Receiver<Instant> {
@@ -217,7 +231,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         let now = Instant::now();
         for (i, slot) in slots.iter_mut().enumerate() {
             if slot.respawn_at.is_some_and(|at| at <= now) {
-                if self.stop.load(Ordering::Relaxed) {
+                if !self.should_respawn(slot.deaths) {
                     slot.respawn_at = None;
                     self.event(i, WorkerEventKind::Stopped);
                     continue;

@@ -200,7 +200,7 @@ where
             if !live.iter().any(|&l| l) {
                 return None;
             }
-            let deadline = next_flush.filter(|_| stats.is_dirty());
+            let deadline = next_flush.filter(|_| stats.owes_report());
             if self.queues.len() == 1 {
                 let q = &self.queues[0];
                 let got = match deadline {
@@ -244,14 +244,15 @@ where
     /// Sends the counts since the last report without blocking. If the broadcaster's inbox is
     /// full they stay here and go with the next report: nothing is lost, the worker never waits.
     fn flush(&self, stats: &mut StatsDelta) {
+        let busy = stats.busy;
         let delta = std::mem::take(stats);
-        if let Err(TrySendError::Full(ToBroadcaster::Stats { delta, .. })) =
-            self.broadcast.try_send(ToBroadcaster::Stats {
-                worker: self.id,
-                delta,
-            })
-        {
-            *stats = delta;
+        match self.broadcast.try_send(ToBroadcaster::Stats {
+            worker: self.id,
+            delta,
+        }) {
+            Ok(()) => stats.reported_busy = busy,
+            Err(TrySendError::Full(ToBroadcaster::Stats { delta, .. })) => *stats = delta,
+            Err(_) => {}
         }
     }
 
@@ -334,6 +335,15 @@ where
                 });
                 self.rebuild(state);
             }
+        }
+        // A long job may have outlasted the report period: report as soon as it ends (the
+        // end time is known without another clock read).
+        if let (Some(start), Some(due)) = (start, *next_flush)
+            && start + handler_time >= due
+        {
+            stats.busy = true;
+            self.flush(stats);
+            *next_flush = self.flush_every.map(|p| start + handler_time + p);
         }
     }
 
