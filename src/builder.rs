@@ -17,6 +17,10 @@ use crate::worker::JobContext;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// The default period of metrics snapshots.
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_millis(100);
+/// The largest accepted `workers`: beyond it `build` fails instead of exhausting threads.
+pub const MAX_WORKERS: usize = 1 << 16;
+/// The largest accepted `queue_capacity`: queues allocate their slots up front.
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 26;
 /// The default prefix of thread names.
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
 
@@ -195,14 +199,16 @@ impl Builder {
         Builder::default()
     }
 
-    /// The number of worker threads. Default: `num_cpus::get()`. `0` makes `build` fail.
+    /// The number of worker threads. Default: `num_cpus::get()`. `0`, or more than
+    /// [`MAX_WORKERS`], makes `build` fail.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
     }
 
     /// The bound on queued, not yet started requests; `submit` blocks (and `try_submit`
-    /// reports `Full`) beyond it. Default: 1024. `0` makes `build` fail.
+    /// reports `Full`) beyond it. Default: 1024. `0`, or more than [`MAX_QUEUE_CAPACITY`],
+    /// makes `build` fail.
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = Some(n);
         self
@@ -222,7 +228,8 @@ impl Builder {
     }
 
     /// The prefix of thread names: `"{name}-worker-{i}"`, `"{name}-supervisor"`,
-    /// `"{name}-metrics"`. Default: `"orchestrator"`. An empty name makes `build` fail.
+    /// `"{name}-metrics"`. Default: `"orchestrator"`. An empty name, or one with a NUL byte,
+    /// makes `build` fail.
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.thread_name = Some(name.into());
         self
@@ -254,9 +261,15 @@ impl Builder {
         if workers == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroWorkers));
         }
+        if workers > MAX_WORKERS {
+            return Err(BuildError::new(BuildErrorKind::TooManyWorkers));
+        }
         let queue_capacity = self.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
         if queue_capacity == 0 {
             return Err(BuildError::new(BuildErrorKind::ZeroQueueCapacity));
+        }
+        if queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(BuildError::new(BuildErrorKind::QueueTooLarge));
         }
         let metrics_interval = self.metrics_interval.unwrap_or(DEFAULT_METRICS_INTERVAL);
         if metrics_interval.is_zero() {
@@ -267,6 +280,9 @@ impl Builder {
             .unwrap_or_else(|| DEFAULT_THREAD_NAME.to_owned());
         if thread_name.is_empty() {
             return Err(BuildError::new(BuildErrorKind::EmptyThreadName));
+        }
+        if thread_name.contains('\0') {
+            return Err(BuildError::new(BuildErrorKind::NulInThreadName));
         }
         Ok(Config {
             workers,
@@ -288,8 +304,9 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] when `workers`, `queue_capacity` or `metrics_interval` is zero, the
-    /// thread name is empty, or a thread could not be spawned. No thread is left running.
+    /// A [`BuildError`] when `workers`, `queue_capacity` or `metrics_interval` is zero,
+    /// `workers` or `queue_capacity` is above its maximum, the thread name is empty or holds a
+    /// NUL byte, or a thread could not be spawned. No thread is left running.
     #[allow(clippy::type_complexity)] // the pair is the API; an alias would hide it in docs
     pub fn build<Req, Resp, F>(
         self,

@@ -231,6 +231,9 @@ pub(crate) enum BuildErrorKind {
     ZeroQueueCapacity,
     ZeroMetricsInterval,
     EmptyThreadName,
+    NulInThreadName,
+    TooManyWorkers,
+    QueueTooLarge,
     Spawn {
         thread: String,
         source: io::Error,
@@ -266,6 +269,19 @@ impl fmt::Display for BuildError {
             BuildErrorKind::EmptyThreadName => {
                 f.write_str("invalid configuration: thread_name must not be empty")
             }
+            BuildErrorKind::NulInThreadName => {
+                f.write_str("invalid configuration: thread_name must not contain a NUL byte")
+            }
+            BuildErrorKind::TooManyWorkers => write!(
+                f,
+                "invalid configuration: workers must be at most {}",
+                crate::builder::MAX_WORKERS
+            ),
+            BuildErrorKind::QueueTooLarge => write!(
+                f,
+                "invalid configuration: queue_capacity must be at most {}",
+                crate::builder::MAX_QUEUE_CAPACITY
+            ),
             BuildErrorKind::Spawn { thread, source } => {
                 write!(f, "failed to spawn thread {thread:?}: {source}")
             }

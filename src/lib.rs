@@ -223,7 +223,7 @@ pub use crossbeam_channel;
 
 pub use crate::builder::{
     Builder, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, Distribution,
-    KeyFn,
+    KeyFn, MAX_QUEUE_CAPACITY, MAX_WORKERS,
 };
 pub use crate::error::{
     BuildError, CallError, JobError, SubmitError, SubmitTimeoutError, TrySubmitError,

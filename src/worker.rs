@@ -370,31 +370,28 @@ where
         handler_time: Duration,
         stats: &mut StatsDelta,
     ) {
+        let response = |outcome| Response {
+            id,
+            worker: WorkerId(self.id),
+            outcome,
+            queue_time,
+            handler_time,
+        };
+        // Whatever could not be delivered is counted first, then dropped where a panicking
+        // `Drop` cannot take the worker down.
         match route {
             Route::Stream => {
-                let response = Response {
-                    id,
-                    worker: WorkerId(self.id),
-                    outcome,
-                    queue_time,
-                    handler_time,
-                };
-                if !self.deliver(response) {
+                if let Err(lost) = self.deliver(response(outcome)) {
                     stats.undelivered += 1;
+                    drop_quietly(lost);
                 }
             }
             Route::Process(tx, seq) => {
-                let response = Response {
-                    id,
-                    worker: WorkerId(self.id),
-                    outcome,
-                    queue_time,
-                    handler_time,
-                };
                 // Never full: `process` keeps at most its channel's capacity in flight. It
                 // fails only when the iterator was dropped early.
-                if tx.send((seq, response)).is_err() {
+                if let Err(lost) = tx.send((seq, response(outcome))) {
                     stats.undelivered += 1;
+                    drop_quietly(lost);
                 }
             }
             Route::Call(back) => {
@@ -402,24 +399,25 @@ where
                     result: outcome.map_err(CallError::Panicked),
                     back: back.clone(),
                 };
-                if back.send(reply).is_err() {
+                if let Err(lost) = back.send(reply) {
                     stats.undelivered += 1;
+                    drop_quietly(lost);
                 }
             }
         }
     }
 
     /// Sends a response, waiting for space on a full bounded channel (back-pressure) until the
-    /// receiver is gone or a `shutdown_timeout` expires. Returns whether it was delivered.
-    fn deliver(&self, response: Response<Resp>) -> bool {
+    /// receiver is gone or a `shutdown_timeout` expires. Hands back what it could not deliver.
+    fn deliver(&self, response: Response<Resp>) -> Result<(), Response<Resp>> {
         let response = match self.responses.try_send(response) {
-            Ok(()) => return true,
-            Err(TrySendError::Disconnected(_)) => return false,
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Disconnected(response)) => return Err(response),
             Err(TrySendError::Full(response)) => response,
         };
         crossbeam_channel::select_biased! {
-            recv(self.abort) -> _ => false,
-            send(self.responses, response) -> sent => sent.is_ok(),
+            recv(self.abort) -> _ => Err(response),
+            send(self.responses, response) -> sent => sent.map_err(|e| e.into_inner()),
         }
     }
 
@@ -451,8 +449,15 @@ fn nanos(d: Duration) -> u64 {
 /// (dropping it could panic again).
 fn message_of(payload: Box<dyn std::any::Any + Send>) -> String {
     let message = panic_message(&*payload);
-    if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+    drop_quietly(payload);
+    message
+}
+
+/// Drops a user value (an undelivered response, a panic payload) so that a panic in its
+/// `Drop` cannot kill the worker; that panic's own payload is leaked, since dropping it
+/// could panic again.
+fn drop_quietly<T>(value: T) {
+    if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(value))) {
         std::mem::forget(again);
     }
-    message
 }

@@ -104,8 +104,6 @@ fn build_error_messages_follow_the_house_style() {
 }
 
 #[test]
-#[ignore = "BUG: a thread name with a NUL byte makes build() panic inside std's thread spawn \
-            instead of returning a BuildError"]
 fn thread_name_with_a_nul_byte_is_a_build_error() {
     let name = "b-nul\0name";
     let built = std::panic::catch_unwind(|| {
@@ -369,4 +367,26 @@ fn debug_never_needs_the_request_to_be_debug() {
         panic!("call after shutdown succeeded")
     };
     assert!(format!("{e:?}").contains("ShutDown"));
+}
+
+#[test]
+fn absurd_sizes_are_build_errors_not_aborts() {
+    use channel_orchestrator::{MAX_QUEUE_CAPACITY, MAX_WORKERS};
+    let e = Orchestrator::builder()
+        .workers(MAX_WORKERS + 1)
+        .build(|x: u32| x)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("invalid configuration: workers must be at most {MAX_WORKERS}")
+    );
+    let e = Orchestrator::builder()
+        .workers(1)
+        .queue_capacity(usize::MAX)
+        .build(|x: u32| x)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("invalid configuration: queue_capacity must be at most {MAX_QUEUE_CAPACITY}")
+    );
 }

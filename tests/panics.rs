@@ -346,8 +346,6 @@ impl Drop for Bomb {
 }
 
 #[test]
-#[ignore = "BUG: an undeliverable response whose Drop panics kills the worker inside \
-            Worker::deliver before `undelivered` is counted: the response is in no place"]
 fn an_undeliverable_response_whose_drop_panics_is_still_counted() {
     quiet_panics();
     const SENT: u32 = 3;
