@@ -49,6 +49,13 @@ struct WorkerTotals {
     /// Handler nanoseconds at the last tick, for the busy fraction.
     busy_base: u64,
     busy: f64,
+    /// The start of the job the worker last reported as running.
+    running_since: Option<Instant>,
+    /// Nanoseconds of that running job already credited to past intervals.
+    credited: u64,
+    /// Credit of jobs that have since finished: their full handler time arrives with their
+    /// completion, so what was credited before must not count twice.
+    to_subtract: u64,
 }
 
 pub(crate) struct Broadcaster {
@@ -233,6 +240,10 @@ impl State {
     fn add(&mut self, worker: usize, delta: &StatsDelta) {
         let w = &mut self.workers[worker];
         w.totals.merge(delta);
+        if delta.running_since != w.running_since {
+            w.to_subtract += std::mem::take(&mut w.credited);
+            w.running_since = delta.running_since;
+        }
         if matches!(w.state, Some(WorkerState::Idle | WorkerState::Busy)) {
             w.state = Some(if delta.busy {
                 WorkerState::Busy
@@ -275,7 +286,14 @@ impl State {
             self.throughput = (finished - self.finished_at_tick) as f64 / secs;
             for w in &mut self.workers {
                 let busy_nanos = w.totals.handler.sum_nanos();
-                w.busy = ((busy_nanos - w.busy_base) as f64 / 1e9 / secs).clamp(0.0, 1.0);
+                let finished = (busy_nanos - w.busy_base).saturating_sub(w.to_subtract);
+                let running = w.running_since.map_or(0, |since| {
+                    let from = since.max(self.last_tick);
+                    nanos(now.saturating_duration_since(from))
+                });
+                w.credited += running;
+                w.to_subtract = 0;
+                w.busy = ((finished + running) as f64 / 1e9 / secs).clamp(0.0, 1.0);
                 w.busy_base = busy_nanos;
             }
         }
@@ -302,4 +320,8 @@ impl State {
         });
         self.evicted += evicted;
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -163,6 +163,9 @@ pub(crate) struct StatsDelta {
     pub(crate) wait: Histogram,
     /// Whether the worker is in the middle of a job (or has more queued) at report time.
     pub(crate) busy: bool,
+    /// When the job in progress at report time started, if one is (the broadcaster credits
+    /// its running time to the busy fraction before it ends).
+    pub(crate) running_since: Option<Instant>,
     /// Worker-local, never merged: whether the last report that went out said `busy`, so an
     /// idle worker knows it still owes an "idle" report.
     pub(crate) reported_busy: bool,

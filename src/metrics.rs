@@ -13,11 +13,11 @@ use crate::{RequestId, WorkerId};
 /// [`MetricsEvent::Snapshot`] streams it.
 ///
 /// Counts come from the workers in batches, so they may lag the truth by up to one
-/// `metrics_interval`; they never overshoot it. A worker reports between jobs (at most
-/// every half interval, when it goes idle, and when a job ends after a report was due), so
-/// a job that runs longer than the interval is counted when it ends — and a job that starts
-/// less than half an interval after its worker's last report shows up neither as in flight
-/// nor as submitted until then. The totals in the final
+/// `metrics_interval`; they never overshoot it. A worker reports between jobs: every half
+/// interval while busy, when it goes idle, when a job starts after an idle spell, and when
+/// a job ends after a report was due. So a long job that follows an idle spell shows as in
+/// flight (and its worker busy) while it runs, but one that starts right after another job,
+/// before a report is due, is counted — with the job before it — only when it ends. The totals in the final
 /// [`ShutdownSummary`] are exact. With `.metrics(false)` the workers send their counts only
 /// when they stop, so a running orchestrator reports zeros.
 ///

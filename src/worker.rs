@@ -295,12 +295,16 @@ where
             queue_time = start.saturating_duration_since(enqueued);
             stats.wait.record(nanos(queue_time));
         }
-        if let (Some(start), Some(due)) = (start, *next_flush)
-            && start >= due
+        // Report at the start of a job when a report is due, or when the last report said
+        // "idle": so a job that follows an idle spell shows as in flight and busy while it
+        // runs. Idle reports come at most once a period, so this adds at most one more.
+        if let (Some(start), Some(due), Some(period)) = (start, *next_flush, self.flush_every)
+            && (start >= due || !stats.reported_busy)
         {
             stats.busy = true;
+            stats.running_since = Some(start);
             self.flush(stats);
-            *next_flush = self.flush_every.map(|p| start + p);
+            *next_flush = Some(start + period);
         }
 
         let handler = &self.handler;
