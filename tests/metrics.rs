@@ -1,75 +1,22 @@
 //! Metrics: exact final totals, live counts that lag but never overshoot, `metrics()` from many threads.
 
+mod common;
+
+use common::{WAIT, assert_summary_is_report, quiet_panics, wait_for, within};
+
 use std::sync::Arc;
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use channel_orchestrator::{
-    CallError, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, ShutdownReport,
-    ShutdownSummary, SubmitError, SubmitTimeoutError, TrySubmitError,
+    CallError, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, ShutdownSummary, SubmitError,
+    SubmitTimeoutError, TrySubmitError,
 };
 
-/// The bound on every wait: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(10);
 /// Panics whose message holds this tag are expected and not printed.
 const PANIC_TAG: &str = "intentional test panic";
-
-/// Silences the panic hook for panics tagged with [`PANIC_TAG`]; others print as usual.
-fn quiet_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("");
-            if !message.contains(PANIC_TAG) {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// Runs `f` on its own thread and fails the test if it does not finish within [`WAIT`].
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = bounded(1);
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(value) => {
-            handle.join().expect("the thread sent its value");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {WAIT:?}"),
-        Err(RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(handle.join().expect_err("it sent nothing, so it panicked"))
-        }
-    }
-}
-
-/// Polls `metrics()` until `done` holds, failing after [`WAIT`]; returns the matching snapshot.
-fn wait_for<Req: Send + 'static, Resp: Send + 'static>(
-    orch: &Orchestrator<Req, Resp>,
-    what: &str,
-    done: impl Fn(&MetricsSnapshot) -> bool,
-) -> MetricsSnapshot {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let snap = orch.metrics();
-        if done(&snap) {
-            return snap;
-        }
-        assert!(Instant::now() < deadline, "{what}: still {snap:#?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// Reads a subscription up to its `Shutdown` event, then checks that it disconnected.
 fn shutdown_event(events: &Receiver<MetricsEvent>) -> ShutdownSummary {
@@ -89,37 +36,10 @@ fn shutdown_event(events: &Receiver<MetricsEvent>) -> ShutdownSummary {
     }
 }
 
-/// The `Shutdown` event's totals equal the report's, field by field.
-fn assert_summary_is_report<Req>(summary: &ShutdownSummary, report: &ShutdownReport<Req>) {
-    let event = (
-        summary.submitted,
-        summary.completed,
-        summary.failed,
-        summary.undelivered,
-        summary.unstarted,
-        summary.cancelled,
-        summary.rejected,
-    );
-    let returned = (
-        report.submitted,
-        report.completed,
-        report.failed,
-        report.undelivered,
-        report.unstarted.len() as u64,
-        report.cancelled,
-        report.rejected,
-    );
-    assert_eq!(
-        event, returned,
-        "Shutdown event (submitted, completed, failed, undelivered, unstarted, cancelled, rejected) \
-         differs from the ShutdownReport"
-    );
-}
-
 #[test]
 fn final_totals_are_exact_and_count_calls() {
     quiet_panics();
-    within("the test", || {
+    within(WAIT, "the test", || {
         const PRODUCERS: u64 = 3;
         const PER_PRODUCER: u64 = 200;
         const CALLS: u64 = 60;
@@ -182,7 +102,7 @@ fn final_totals_are_exact_and_count_calls() {
 
 #[test]
 fn undelivered_counts_stream_responses_only_when_the_receiver_is_dropped() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let (orch, responses) = Orchestrator::builder()
             .workers(2)
             .build(|i: u32| i + 1)
@@ -222,7 +142,7 @@ fn run(job: Job) {
 
 #[test]
 fn rejected_counts_refusals_and_submitted_excludes_them() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let (orch, responses) = Orchestrator::builder()
             .workers(1)
             .queue_capacity(1)
@@ -278,7 +198,7 @@ fn rejected_counts_refusals_and_submitted_excludes_them() {
 
 #[test]
 fn shutdown_now_totals_add_up() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const QUEUED: u64 = 10;
         const CALLS: u64 = 3;
         let (orch, responses) = Orchestrator::builder()
@@ -342,7 +262,7 @@ fn shutdown_now_totals_add_up() {
 #[test]
 fn counts_never_overshoot_while_running() {
     quiet_panics();
-    within("the test", || {
+    within(WAIT, "the test", || {
         const WORKERS: usize = 3;
         const CAPACITY: usize = 8;
         const PRODUCERS: u64 = 2;
@@ -464,7 +384,7 @@ fn counts_never_overshoot_while_running() {
 
 #[test]
 fn metrics_from_many_threads_at_once() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const THREADS: usize = 16;
         const CALLS: usize = 100;
         let (orch, responses) = Orchestrator::builder()
@@ -511,7 +431,7 @@ fn metrics_from_many_threads_at_once() {
 
 #[test]
 fn counts_catch_up_after_short_jobs() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const JOBS: u64 = 500;
         // Long enough that the whole batch runs before the first flush is due: the counts
         // then arrive with the idle flush (the bug below cannot strike).
@@ -543,7 +463,7 @@ fn counts_catch_up_after_short_jobs() {
 /// last job the worker goes idle holding the count of that job.
 #[test]
 fn counts_catch_up_after_jobs_longer_than_half_an_interval() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const JOBS: u64 = 6;
         let interval = Duration::from_millis(20);
         let (orch, responses) = Orchestrator::builder()
@@ -578,7 +498,7 @@ fn counts_catch_up_after_jobs_longer_than_half_an_interval() {
 
 #[test]
 fn latency_reflects_handler_time() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const JOBS: u32 = 20;
         let job = Duration::from_millis(3);
         let (orch, responses) = Orchestrator::builder()
@@ -613,7 +533,7 @@ fn latency_reflects_handler_time() {
 
 #[test]
 fn metrics_off_zero_timings_exact_totals() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let (orch, responses) = Orchestrator::builder()
             .workers(2)
             .metrics(false)
@@ -650,7 +570,7 @@ fn metrics_off_zero_timings_exact_totals() {
 #[test]
 #[ignore = "known limitation: a worker reports between jobs; a job that starts right after another, before a report is due, is counted only when it ends"]
 fn counts_lag_at_most_an_interval_during_a_long_job() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let interval = Duration::from_millis(40);
         let (orch, responses) = Orchestrator::builder()
             .workers(1)
@@ -683,7 +603,7 @@ fn counts_lag_at_most_an_interval_during_a_long_job() {
 fn queued_counts_every_queue() {
     use channel_orchestrator::Distribution;
     for name in ["Shared", "RoundRobin"] {
-        within(name, move || {
+        within(WAIT, name, move || {
             let distribution = match name {
                 "Shared" => Distribution::Shared,
                 _ => Distribution::RoundRobin,
@@ -726,7 +646,7 @@ fn queued_counts_every_queue() {
 
 #[test]
 fn throughput_and_busy_fraction_are_plausible() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const WORKERS: usize = 2;
         let job = Duration::from_millis(2);
         let interval = Duration::from_millis(50);
@@ -790,7 +710,7 @@ fn throughput_and_busy_fraction_are_plausible() {
 /// busy for the intervals it has been running, long before it ends.
 #[test]
 fn a_long_job_after_an_idle_spell_shows_as_in_flight_and_busy() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let interval = Duration::from_millis(40);
         let (orch, _responses) = Orchestrator::builder()
             .workers(1)

@@ -1,73 +1,20 @@
 //! Metrics subscriptions: cadence, sequence numbers, eviction, unsubscribing, many subscribers, shutdown.
 
-use std::sync::Once;
+mod common;
+
+use common::{WAIT, assert_summary_is_report, quiet_panics, wait_for, within};
+
 use std::thread;
 use std::time::{Duration, Instant};
 
-use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
+use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError};
 use channel_orchestrator::{
     MetricsEvent, MetricsSnapshot, Orchestrator, ShutdownReport, ShutdownSummary, WorkerEvent,
     WorkerEventKind, WorkerState,
 };
 
-/// The bound on every wait: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(10);
 /// Panics whose message holds this tag are expected and not printed.
 const PANIC_TAG: &str = "intentional test panic";
-
-/// Silences the panic hook for panics tagged with [`PANIC_TAG`]; others print as usual.
-fn quiet_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("");
-            if !message.contains(PANIC_TAG) {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// Runs `f` on its own thread and fails the test if it does not finish within [`WAIT`].
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = bounded(1);
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(value) => {
-            handle.join().expect("the thread sent its value");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {WAIT:?}"),
-        Err(RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(handle.join().expect_err("it sent nothing, so it panicked"))
-        }
-    }
-}
-
-/// Polls `metrics()` until `done` holds, failing after [`WAIT`]; returns the matching snapshot.
-fn wait_for<Req: Send + 'static, Resp: Send + 'static>(
-    orch: &Orchestrator<Req, Resp>,
-    what: &str,
-    done: impl Fn(&MetricsSnapshot) -> bool,
-) -> MetricsSnapshot {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let snap = orch.metrics();
-        if done(&snap) {
-            return snap;
-        }
-        assert!(Instant::now() < deadline, "{what}: still {snap:#?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// Every event of a subscription up to and including `Shutdown`; checks that it then
 /// disconnected.
@@ -111,30 +58,6 @@ fn assert_consecutive(seqs: &[u64]) {
     }
 }
 
-fn assert_summary_is_report<Req>(summary: &ShutdownSummary, report: &ShutdownReport<Req>) {
-    assert_eq!(
-        (
-            summary.submitted,
-            summary.completed,
-            summary.failed,
-            summary.undelivered,
-            summary.unstarted,
-            summary.cancelled,
-            summary.rejected,
-        ),
-        (
-            report.submitted,
-            report.completed,
-            report.failed,
-            report.undelivered,
-            report.unstarted.len() as u64,
-            report.cancelled,
-            report.rejected,
-        ),
-        "Shutdown event differs from the ShutdownReport"
-    );
-}
-
 fn worker_event(event: &MetricsEvent) -> Option<&WorkerEvent> {
     match event {
         MetricsEvent::Worker(w) => Some(w),
@@ -144,7 +67,7 @@ fn worker_event(event: &MetricsEvent) -> Option<&WorkerEvent> {
 
 #[test]
 fn snapshot_cadence_within_tolerance() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let interval = Duration::from_millis(50);
         let window = Duration::from_secs(1);
         let (orch, _responses) = Orchestrator::builder()
@@ -191,7 +114,7 @@ fn snapshot_cadence_within_tolerance() {
 #[test]
 fn sequence_numbers_are_consecutive_for_a_live_subscriber() {
     quiet_panics();
-    within("the test", || {
+    within(WAIT, "the test", || {
         const WORKERS: usize = 2;
         const JOBS: u32 = 60;
         let (orch, responses) = Orchestrator::builder()
@@ -252,7 +175,7 @@ fn sequence_numbers_are_consecutive_for_a_live_subscriber() {
 
 #[test]
 fn sequence_numbers_stay_consecutive_while_metrics_is_polled() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let (orch, _responses) = Orchestrator::builder()
             .workers(1)
             .metrics_interval(Duration::from_millis(5))
@@ -277,7 +200,7 @@ fn sequence_numbers_stay_consecutive_while_metrics_is_polled() {
 
 #[test]
 fn stalled_subscriber_is_evicted_and_keeps_its_buffer() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const CAPACITY: usize = 3;
         let (orch, responses) = Orchestrator::builder()
             .workers(2)
@@ -333,7 +256,7 @@ fn stalled_subscriber_is_evicted_and_keeps_its_buffer() {
 
 #[test]
 fn dropping_the_receiver_unsubscribes() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let (orch, _responses) = Orchestrator::builder()
             .workers(1)
             .metrics_interval(Duration::from_millis(10))
@@ -358,7 +281,7 @@ fn dropping_the_receiver_unsubscribes() {
 /// A receiver dropped while its buffer is full must count as unsubscribed, not evicted.
 #[test]
 fn a_dropped_full_subscriber_is_not_counted_as_evicted() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const CAPACITY: usize = 2;
         let (orch, _responses) = Orchestrator::builder()
             .workers(1)
@@ -381,7 +304,7 @@ fn a_dropped_full_subscriber_is_not_counted_as_evicted() {
 
 #[test]
 fn hundred_subscribers_all_get_the_shutdown_event() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         const SUBSCRIBERS: usize = 100;
         let (orch, responses) = Orchestrator::builder()
             .workers(4)
@@ -461,7 +384,7 @@ fn shutdown_with_subscribers_attached_never_hangs() {
     for metrics in [true, false] {
         for (name, stop) in modes {
             let (orch, responses, stalled, live) = pool_with_subscribers(metrics);
-            let report = within(name, move || stop(orch));
+            let report = within(WAIT, name, move || stop(orch));
             let answered = responses.iter().count() as u64;
             for events in &live {
                 let (_, summary) = events_until_shutdown(events);
@@ -482,7 +405,7 @@ fn shutdown_with_subscribers_attached_never_hangs() {
 
 #[test]
 fn a_full_subscriber_still_gets_the_shutdown_event() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let (orch, _responses) = Orchestrator::builder()
             .workers(1)
             .metrics_interval(Duration::from_secs(3600)) // no snapshot during the test
@@ -512,7 +435,7 @@ fn a_full_subscriber_still_gets_the_shutdown_event() {
 
 #[test]
 fn dropping_the_orchestrator_sends_the_shutdown_event() {
-    within("the test", || {
+    within(WAIT, "the test", || {
         let (orch, responses) = Orchestrator::builder()
             .workers(2)
             .build(|i: u32| i)

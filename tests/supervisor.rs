@@ -1,81 +1,22 @@
 //! Supervision seen through metrics: worker events after panics, dead threads replaced, pool back to full size.
 
+mod common;
+
+use common::{WAIT, assert_summary_is_report, quiet_panics, wait_for, within};
+
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use channel_orchestrator::crossbeam_channel::{
-    Receiver, RecvTimeoutError, Sender, bounded, unbounded,
-};
+use channel_orchestrator::crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use channel_orchestrator::{
-    CallError, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, ShutdownReport,
-    ShutdownSummary, WorkerEvent, WorkerEventKind, WorkerId, WorkerState,
+    CallError, JobError, MetricsEvent, Orchestrator, ShutdownSummary, WorkerEvent, WorkerEventKind,
+    WorkerId, WorkerState,
 };
 
-/// The bound on every wait: a bug fails the test instead of hanging it.
-const WAIT: Duration = Duration::from_secs(10);
 /// Panics whose message holds this tag are expected and not printed.
 const PANIC_TAG: &str = "intentional test panic";
-
-/// Silences the panic hook for panics tagged with [`PANIC_TAG`]; others print as usual.
-fn quiet_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("");
-            if !message.contains(PANIC_TAG) {
-                default(info);
-            }
-        }));
-    });
-}
-
-/// Runs `f` on its own thread and fails the test if it does not finish within `limit`.
-fn within<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = bounded(1);
-    let handle = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(value) => {
-            handle.join().expect("the thread sent its value");
-            value
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("{what} did not finish within {limit:?}"),
-        Err(RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(handle.join().expect_err("it sent nothing, so it panicked"))
-        }
-    }
-}
-
-/// Polls `metrics()` until `done` holds, failing after [`WAIT`]; returns the matching snapshot.
-fn wait_for<Req: Send + 'static, Resp: Send + 'static>(
-    orch: &Orchestrator<Req, Resp>,
-    what: &str,
-    done: impl Fn(&MetricsSnapshot) -> bool,
-) -> MetricsSnapshot {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let snap = orch.metrics();
-        if done(&snap) {
-            return snap;
-        }
-        assert!(Instant::now() < deadline, "{what}: still {snap:#?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// Reads worker events for `worker` until one matches `last`; returns them all, in order.
 fn worker_events_until(
@@ -115,34 +56,10 @@ fn worker_events_until_shutdown(
     }
 }
 
-fn assert_summary_is_report<Req>(summary: &ShutdownSummary, report: &ShutdownReport<Req>) {
-    assert_eq!(
-        (
-            summary.submitted,
-            summary.completed,
-            summary.failed,
-            summary.undelivered,
-            summary.unstarted,
-            summary.cancelled,
-            summary.rejected,
-        ),
-        (
-            report.submitted,
-            report.completed,
-            report.failed,
-            report.undelivered,
-            report.unstarted.len() as u64,
-            report.cancelled,
-            report.rejected,
-        ),
-        "Shutdown event differs from the ShutdownReport"
-    );
-}
-
 #[test]
 fn panicked_then_restarted_events_carry_the_message() {
     quiet_panics();
-    within("the test", WAIT, || {
+    within(WAIT, "the test", || {
         // One worker, so the follow-up call runs where the failures happened and carries
         // their batched counts out (see the lag bug in tests/metrics.rs).
         const WORKERS: usize = 1;
@@ -269,7 +186,7 @@ fn workers_serving(
 #[test]
 fn dead_worker_thread_is_replaced_and_pool_returns_to_full_size() {
     quiet_panics();
-    within("the test", WAIT, || {
+    within(WAIT, "the test", || {
         const WORKERS: usize = 3;
         const WORK: u32 = 100;
         // Per worker: how often `init` ran. Its second run panics: that is the rebuild after
@@ -379,7 +296,7 @@ fn dead_worker_thread_is_replaced_and_pool_returns_to_full_size() {
 #[test]
 fn shutdown_returns_while_a_replacement_keeps_failing() {
     quiet_panics();
-    let (orch, responses, events) = within("the set-up", WAIT, || {
+    let (orch, responses, events) = within(WAIT, "the set-up", || {
         let inits: Arc<Vec<AtomicUsize>> = Arc::new((0..2).map(|_| AtomicUsize::new(0)).collect());
         let (orch, responses) = Orchestrator::builder()
             .workers(2)
@@ -402,7 +319,7 @@ fn shutdown_returns_while_a_replacement_keeps_failing() {
     for _ in 0..2 {
         worker_events_until(&events, dead, |k| matches!(k, WorkerEventKind::Died(_)));
     }
-    let report = within("shutdown", Duration::from_secs(5), move || {
+    let report = within(Duration::from_secs(5), "shutdown", move || {
         for _ in 0..20 {
             orch.submit(false).unwrap();
         }
@@ -414,7 +331,7 @@ fn shutdown_returns_while_a_replacement_keeps_failing() {
 #[test]
 fn worker_events_flow_with_metrics_off() {
     quiet_panics();
-    within("the test", WAIT, || {
+    within(WAIT, "the test", || {
         let (orch, _responses) = Orchestrator::builder()
             .workers(1)
             .metrics(false)

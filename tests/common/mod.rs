@@ -14,8 +14,8 @@ use channel_orchestrator::crossbeam_channel::{
     Receiver, RecvTimeoutError, Sender, TryRecvError, bounded, unbounded,
 };
 use channel_orchestrator::{
-    CallError, Orchestrator, RequestId, Response, SubmitError, SubmitTimeoutError, Submitter,
-    TrySubmitError,
+    CallError, MetricsSnapshot, Orchestrator, RequestId, Response, ShutdownReport, ShutdownSummary,
+    SubmitError, SubmitTimeoutError, Submitter, TrySubmitError,
 };
 
 /// The longest any wait that should succeed may take before the test calls it a failure.
@@ -323,4 +323,46 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < WAIT, "timed out waiting for: {what}");
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// Polls `metrics()` until `done` holds, failing after [`WAIT`]; returns the matching snapshot.
+pub fn wait_for<Req: Send + 'static, Resp: Send + 'static>(
+    orch: &Orchestrator<Req, Resp>,
+    what: &str,
+    done: impl Fn(&MetricsSnapshot) -> bool,
+) -> MetricsSnapshot {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let snap = orch.metrics();
+        if done(&snap) {
+            return snap;
+        }
+        assert!(Instant::now() < deadline, "{what}: still {snap:#?}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The last metrics event (`Shutdown`) carries exactly the report's totals.
+pub fn assert_summary_is_report<Req>(summary: &ShutdownSummary, report: &ShutdownReport<Req>) {
+    assert_eq!(
+        (
+            summary.submitted,
+            summary.completed,
+            summary.failed,
+            summary.undelivered,
+            summary.unstarted,
+            summary.cancelled,
+            summary.rejected,
+        ),
+        (
+            report.submitted,
+            report.completed,
+            report.failed,
+            report.undelivered,
+            report.unstarted.len() as u64,
+            report.cancelled,
+            report.rejected,
+        ),
+        "Shutdown event differs from the ShutdownReport"
+    );
 }
