@@ -61,8 +61,9 @@ struct WorkerTotals {
 pub(crate) struct Broadcaster {
     pub(crate) inbox: Receiver<ToBroadcaster>,
     pub(crate) control: Receiver<Control>,
-    /// `None` with metrics off: no periodic snapshots.
-    pub(crate) interval: Option<Duration>,
+    /// The snapshot period. Snapshots go out with metrics off too (their counts are zero
+    /// until the end): sending is also how dropped subscriptions are noticed and freed.
+    pub(crate) interval: Duration,
     pub(crate) workers: usize,
     pub(crate) queue_len: QueueLen,
     pub(crate) counters: Arc<Counters>,
@@ -104,7 +105,7 @@ impl Broadcaster {
             finished_at_tick: 0,
             throughput: 0.0,
         };
-        let ticker = self.interval.map(tick).unwrap_or_else(never);
+        let ticker = tick(self.interval);
         let mut control = self.control.clone();
         loop {
             select! {

@@ -19,7 +19,8 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_millis(100);
 /// The largest accepted `workers`: beyond it `build` fails instead of exhausting threads.
 pub const MAX_WORKERS: usize = 1 << 16;
-/// The largest accepted `queue_capacity`: queues allocate their slots up front.
+/// The largest accepted `queue_capacity` and `response_capacity`: bounded channels allocate
+/// their slots up front.
 pub const MAX_QUEUE_CAPACITY: usize = 1 << 26;
 /// The default prefix of thread names.
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
@@ -215,7 +216,8 @@ impl Builder {
     }
 
     /// Bounds the responses channel: workers wait for space (back-pressure). Default:
-    /// unbounded. `0` makes a rendezvous channel: each response waits for its receive.
+    /// unbounded. `0` makes a rendezvous channel: each response waits for its receive. More
+    /// than [`MAX_QUEUE_CAPACITY`] makes `build` fail.
     pub fn response_capacity(mut self, n: usize) -> Self {
         self.response_capacity = Some(n);
         self
@@ -243,8 +245,9 @@ impl Builder {
     }
 
     /// Whether to collect metrics (default `true`). With `false`, workers read no clock and
-    /// report counts only when they stop: snapshots show zeros while running, response
-    /// timings are zero, the final totals stay exact, and worker events still flow.
+    /// report counts only when they stop: snapshots (still sent every interval) show zero
+    /// counts while running, response timings are zero, the final totals stay exact, and
+    /// worker events still flow.
     pub fn metrics(mut self, on: bool) -> Self {
         self.metrics = Some(on);
         self
@@ -270,6 +273,12 @@ impl Builder {
         }
         if queue_capacity > MAX_QUEUE_CAPACITY {
             return Err(BuildError::new(BuildErrorKind::QueueTooLarge));
+        }
+        if self
+            .response_capacity
+            .is_some_and(|c| c > MAX_QUEUE_CAPACITY)
+        {
+            return Err(BuildError::new(BuildErrorKind::ResponsesTooLarge));
         }
         let metrics_interval = self.metrics_interval.unwrap_or(DEFAULT_METRICS_INTERVAL);
         if metrics_interval.is_zero() {

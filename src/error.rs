@@ -234,6 +234,7 @@ pub(crate) enum BuildErrorKind {
     NulInThreadName,
     TooManyWorkers,
     QueueTooLarge,
+    ResponsesTooLarge,
     Spawn {
         thread: String,
         source: io::Error,
@@ -276,6 +277,11 @@ impl fmt::Display for BuildError {
                 f,
                 "invalid configuration: workers must be at most {}",
                 crate::builder::MAX_WORKERS
+            ),
+            BuildErrorKind::ResponsesTooLarge => write!(
+                f,
+                "invalid configuration: response_capacity must be at most {}",
+                crate::builder::MAX_QUEUE_CAPACITY
             ),
             BuildErrorKind::QueueTooLarge => write!(
                 f,

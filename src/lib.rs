@@ -234,7 +234,7 @@ pub use crate::metrics::{
     WorkerSnapshot, WorkerState,
 };
 pub use crate::orchestrator::{
-    DEFAULT_SUBSCRIBER_CAPACITY, Orchestrator, ShutdownReport, Submitter,
+    DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY, Orchestrator, ShutdownReport, Submitter,
 };
 pub use crate::pipeline::{
     Chain, First, NoStages, Pipeline, PipelineBuilder, PipelineSnapshot, Then,

@@ -216,13 +216,14 @@ const SUB: usize = 1 << SUB_BITS;
 const MAX_EXP: u32 = 36;
 pub(crate) const BUCKETS: usize = SUB + (MAX_EXP - SUB_BITS) as usize * SUB;
 
-/// A log-linear histogram of nanosecond durations, fixed size, no allocation.
+/// A log-linear histogram of nanosecond durations, fixed size, no allocation. Counts are
+/// `u64`: the broadcaster's lifetime totals must not saturate (2^32 jobs is an hour or two).
 ///
 /// Bucket `v` holds value `v` exactly for `v < 8`; above that each power of two is split into
 /// 8 equal sub-buckets. Recording is a leading-zero count, a shift and an increment.
 #[derive(Clone)]
 pub(crate) struct Histogram {
-    counts: [u32; BUCKETS],
+    counts: [u64; BUCKETS],
     total: u64,
     max: u64,
     sum: u64,
@@ -264,7 +265,7 @@ impl Histogram {
 
     pub(crate) fn record(&mut self, nanos: u64) {
         let i = Self::index(nanos);
-        self.counts[i] = self.counts[i].saturating_add(1);
+        self.counts[i] += 1;
         self.total += 1;
         self.sum = self.sum.saturating_add(nanos);
         self.max = self.max.max(nanos);
@@ -276,7 +277,7 @@ impl Histogram {
 
     pub(crate) fn merge(&mut self, other: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a = a.saturating_add(*b);
+            *a += *b;
         }
         self.total += other.total;
         self.sum = self.sum.saturating_add(other.sum);
@@ -292,7 +293,7 @@ impl Histogram {
         let rank = ((q * self.total as f64).ceil() as u64).clamp(1, self.total);
         let mut seen = 0u64;
         for (i, &c) in self.counts.iter().enumerate() {
-            seen += u64::from(c);
+            seen += c;
             if seen >= rank {
                 return Self::lower_bound(i).min(self.max);
             }

@@ -37,6 +37,9 @@ use crate::process::{Process, ProcessOrdered};
 use crate::supervisor::{Outcome, SpawnWorker, Supervisor};
 use crate::worker::{JobContext, Never, Worker};
 
+/// The largest buffer a subscription gets; larger requests are clamped to it.
+pub const MAX_SUBSCRIBER_CAPACITY: usize = 1 << 20;
+
 /// The default buffer of a subscription made with [`Orchestrator::subscribe`].
 pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 64;
 
@@ -679,14 +682,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// event on each worker lifecycle change, and last a `Shutdown` event with exact totals,
     /// after which the channel disconnects.
     ///
-    /// The subscriber buffers up to `capacity` events (at least 1). If its buffer is full when
+    /// The subscriber buffers up to `capacity` events (at least 1, at most
+    /// [`MAX_SUBSCRIBER_CAPACITY`]). If its buffer is full when
     /// an event is sent, it is evicted: it still receives what it had buffered and that last
     /// event, then sees the channel disconnected. (One slot beyond `capacity` is reserved for
     /// the event that evicts it, or for the final `Shutdown` event, which therefore reaches
     /// every subscriber that was not evicted.) A slow or stalled subscriber never slows the
     /// workers. Dropping the receiver unsubscribes.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Receiver<MetricsEvent> {
-        let capacity = capacity.max(1);
+        let capacity = capacity.clamp(1, MAX_SUBSCRIBER_CAPACITY);
         let (tx, rx) = bounded(capacity + 1);
         let _ = self
             .running()
@@ -696,6 +700,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     }
 
     /// Closes intake, runs every queued request, joins every thread.
+    ///
+    /// The one case where requests come back unrun: if no worker can run any more (every
+    /// worker thread died and its replacements' `init` keeps panicking), the supervisor gives
+    /// up after a few attempts and the queued requests come back in `unstarted` (queued
+    /// `call`s as `Cancelled`) rather than the shutdown waiting forever.
     ///
     /// With a bounded responses channel whose receiver is alive, this waits while it is full
     /// (read it from another thread, or use [`shutdown_timeout`](Self::shutdown_timeout)).
@@ -760,7 +769,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             broadcast_ctl,
             broadcaster,
         } = self.running.take().expect("shutdown runs once");
-        if matches!(mode, Shutdown::Now) {
+        // `shutdown_now`, or a `shutdown_timeout` whose deadline is already due: start
+        // nothing more from this moment, not from the supervisor's first timer tick.
+        let now = match mode {
+            Shutdown::Now => true,
+            Shutdown::Drain { deadline } => deadline.is_some_and(|d| d <= Instant::now()),
+        };
+        if now {
             stop.store(true, Ordering::Relaxed);
         }
         self.handle.shared.closing.store(true, Ordering::Release);
@@ -890,7 +905,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             let b = Broadcaster {
                 inbox: bcast_rx,
                 control: ctl_rx,
-                interval: cfg.metrics.then_some(cfg.metrics_interval),
+                interval: cfg.metrics_interval,
                 workers: n,
                 queue_len: Box::new(move || queue_rxs.iter().map(Receiver::len).sum()),
                 counters: Arc::clone(&counters),

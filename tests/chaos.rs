@@ -1,0 +1,1188 @@
+//! Chaos: randomized schedules over many seeds. Concurrent submitters use every submitting
+//! method (`submit`, `try_submit`, `submit_timeout`, `call` from `Submitter`s;
+//! `submit_with_deadline` and a `process`/`process_ordered` stream from the orchestrator's own
+//! threads); handlers panic, sleep, and sometimes kill their worker (a failing `init` on the
+//! rebuild); the response consumer pauses, stalls and may drop its receiver mid-stream;
+//! subscribers come and go, read, stall, or unsubscribe; and the run ends in every kind of
+//! shutdown (`shutdown`, `shutdown_timeout`, `shutdown_now`, drop) at a random moment.
+//!
+//! Every scenario checks:
+//! - exactly-once: every accepted request is answered exactly once (on the responses channel,
+//!   to its `call`, or to its `process` iterator), or handed back unstarted, or cancelled back
+//!   to its `call`, or — only when its receiver was dropped, or a `shutdown_timeout` gave up
+//!   on a full response channel — counted undelivered; nothing runs twice, nothing refused
+//!   runs, and the report's (or, for drop, the `Shutdown` event's) totals are exact;
+//! - no hang: every wait is bounded, and a whole scenario must finish within
+//!   [`SCENARIO_LIMIT`];
+//! - no thread left behind: after each shutdown, `/proc/self/task` is back to the count it had
+//!   before the first scenario (all run one after another in a single `#[test]`, the only
+//!   test in this binary, so no other test's threads are counted);
+//! - every request value is dropped exactly once (a drop-counting request type);
+//! - live metrics never overshoot, and every subscription sees consecutive sequence numbers.
+//!
+//! A failing scenario prints its seed. Reproduce it with
+//! `CHAOS_SEED=<seed> cargo test --test chaos -- --nocapture`; run more seeds with
+//! `CHAOS_SEEDS=<count> cargo test --release --test chaos`; `CHAOS_VERBOSE=1` prints each
+//! scenario's totals.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError};
+use channel_orchestrator::{
+    CallError, Distribution, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, RequestId,
+    Response, ShutdownReport, ShutdownSummary, SubmitError, SubmitTimeoutError, Submitter,
+    TrySubmitError,
+};
+use common::{MARKER, WAIT, quiet_panics, within};
+
+/// Scenarios in a default run (seeds `1..=SEEDS`); `CHAOS_SEEDS` overrides it.
+const SEEDS: u64 = 200;
+/// Bounds of one scenario.
+const MAX_WORKERS: u64 = 4;
+const MAX_QUEUE: u64 = 16;
+const MAX_PRODUCERS: u64 = 3;
+const MAX_PER_PRODUCER: u64 = 120;
+const MAX_PROCESS: u64 = 150;
+const MAX_DEADLINE_SUBMITS: u64 = 12;
+const MAX_SUBSCRIBERS: u64 = 5;
+/// Longest handler sleep, in microseconds, of the two kinds of scenario: quick and slow ones
+/// (slow ones keep the queues full, so shutdowns find work queued and submitters blocked).
+const MAX_SLEEP_US: [u64; 2] = [400, 3_000];
+/// Longest pause of the response consumer's one long stall, in milliseconds.
+const MAX_STALL_MS: u64 = 40;
+/// Longest the main thread keeps poking the running pool before the shutdown, in ms.
+const MAX_RUN_MS: u64 = 25;
+/// The longest one scenario may take before it counts as hung.
+const SCENARIO_LIMIT: Duration = Duration::from_secs(30);
+/// How long a finished thread may linger in `/proc/self/task` after its join.
+const THREAD_EXIT_GRACE: Duration = Duration::from_secs(3);
+
+/// xorshift64*: small, seedable, good enough to pick interleavings.
+#[derive(Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A deterministic draw per (seed, tag, salt), so the checker knows what each request did.
+fn draw(seed: u64, tag: u64, salt: u64) -> u64 {
+    Rng::new(seed ^ tag.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ salt.wrapping_mul(0xA5A5)).next()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Graceful,
+    Timeout(Duration),
+    Now,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dist {
+    Shared,
+    RoundRobin,
+    ByKey,
+}
+
+/// How one extra subscriber behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Sub {
+    /// Reads everything, pausing this many microseconds per event.
+    Slow(u64),
+    /// Never reads until the shutdown: gets evicted once its buffer is full.
+    Stalled,
+    /// Reads this many events, then drops its receiver.
+    Leaves(u64),
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    seed: u64,
+    workers: usize,
+    queue_capacity: usize,
+    dist: Dist,
+    response_capacity: Option<usize>,
+    metrics: bool,
+    interval: Duration,
+    producers: u64,
+    per_producer: u64,
+    /// `Some((inputs, stop reading after, ordered))`: a `process` stream from the main scope.
+    process: Option<(u64, Option<u64>, bool)>,
+    deadline_submits: u64,
+    panic_percent: u64,
+    slow_percent: u64,
+    max_sleep_us: u64,
+    /// Chance that a rebuild of a worker's state (after a panic) panics, killing the thread.
+    init_fail_percent: u64,
+    reader_pause_us: u64,
+    /// `(after this many responses, stall this long)`.
+    reader_stall: Option<(u64, Duration)>,
+    /// The consumer drops the receiver after this many responses.
+    reader_quits_after: Option<u64>,
+    subscribers: Vec<(Sub, usize)>,
+    run_for: Duration,
+    /// Subscribe once more right before the shutdown; that subscriber must get the summary.
+    late_subscriber: bool,
+    stop: Stop,
+}
+
+impl Scenario {
+    fn new(seed: u64) -> Self {
+        let mut r = Rng::new(seed);
+        let stop = match r.below(4) {
+            0 => Stop::Graceful,
+            1 => Stop::Timeout(Duration::from_micros(r.below(5_000))),
+            2 => Stop::Now,
+            _ => Stop::Drop,
+        };
+        let response_capacity = match r.below(3) {
+            0 => Some(r.below(4) as usize),
+            _ => None,
+        };
+        let dist = match r.below(3) {
+            0 => Dist::Shared,
+            1 => Dist::RoundRobin,
+            _ => Dist::ByKey,
+        };
+        let process = r.chance(60).then(|| {
+            let n = 1 + r.below(MAX_PROCESS);
+            let stop_after = r.chance(30).then(|| r.below(n));
+            (n, stop_after, r.chance(50))
+        });
+        let subscribers = (0..r.below(MAX_SUBSCRIBERS + 1))
+            .map(|_| {
+                let kind = match r.below(3) {
+                    0 => Sub::Slow(r.below(500)),
+                    1 => Sub::Stalled,
+                    _ => Sub::Leaves(r.below(20)),
+                };
+                (kind, 1 + r.below(16) as usize)
+            })
+            .collect();
+        Scenario {
+            seed,
+            workers: 1 + r.below(MAX_WORKERS) as usize,
+            queue_capacity: 1 + r.below(MAX_QUEUE) as usize,
+            dist,
+            response_capacity,
+            metrics: r.chance(80),
+            interval: Duration::from_millis(1 + r.below(10)),
+            producers: r.below(MAX_PRODUCERS + 1),
+            per_producer: 1 + r.below(MAX_PER_PRODUCER),
+            process,
+            deadline_submits: r.below(MAX_DEADLINE_SUBMITS + 1),
+            panic_percent: [0, 5, 30][r.below(3) as usize],
+            slow_percent: [0, 10, 50, 90][r.below(4) as usize],
+            max_sleep_us: MAX_SLEEP_US[r.below(2) as usize],
+            init_fail_percent: [0, 0, 30][r.below(3) as usize],
+            reader_pause_us: [0, 0, 20, 200][r.below(4) as usize],
+            reader_stall: r
+                .chance(30)
+                .then(|| (r.below(40), Duration::from_millis(r.below(MAX_STALL_MS)))),
+            reader_quits_after: r.chance(15).then(|| r.below(60)),
+            subscribers,
+            run_for: Duration::from_millis(r.below(MAX_RUN_MS)),
+            late_subscriber: r.chance(50),
+            stop,
+        }
+    }
+
+    fn producer_tags(&self) -> u64 {
+        self.producers * self.per_producer
+    }
+    fn process_base(&self) -> u64 {
+        self.producer_tags()
+    }
+    fn process_count(&self) -> u64 {
+        self.process.map_or(0, |(n, _, _)| n)
+    }
+    fn deadline_base(&self) -> u64 {
+        self.process_base() + self.process_count()
+    }
+    fn tags(&self) -> u64 {
+        self.deadline_base() + self.deadline_submits
+    }
+    fn is_process_tag(&self, tag: u64) -> bool {
+        (self.process_base()..self.deadline_base()).contains(&tag)
+    }
+    fn panics(&self, tag: u64) -> bool {
+        draw(self.seed, tag, 1) % 100 < self.panic_percent
+    }
+    fn sleep_us(&self, tag: u64) -> u64 {
+        if draw(self.seed, tag, 2) % 100 < self.slow_percent {
+            draw(self.seed, tag, 3) % self.max_sleep_us
+        } else {
+            0
+        }
+    }
+    /// Deadline submits: half of them carry a deadline long past (never run), half one far off.
+    fn deadline_passed(&self, tag: u64) -> bool {
+        draw(self.seed, tag, 4).is_multiple_of(2)
+    }
+    /// Whether the scenario allows accepted work to be given up in a graceful shutdown: only a
+    /// worker whose replacements keep dying makes a draining shutdown hand work back.
+    fn workers_may_die(&self) -> bool {
+        self.init_fail_percent > 0 && self.panic_percent > 0
+    }
+}
+
+/// Everything the handler and the request values report, per tag and in total.
+struct Log {
+    /// Drops of each request value.
+    drops: Vec<AtomicU32>,
+    /// Request values created (a `process` input is created only when the iterator pulls it).
+    created: Vec<AtomicBool>,
+    /// Handler runs per tag.
+    ran: Vec<AtomicU32>,
+    /// Handler runs that ended (returned or panicked); bumped before the handler returns.
+    finished: AtomicU64,
+    /// Submits begun (bumped before the call): an upper bound on `submitted + rejected`.
+    attempts: AtomicU64,
+    /// `init` runs, to let rebuilds fail while the first start never does.
+    inits: AtomicU64,
+}
+
+impl Log {
+    fn new(n: u64) -> Arc<Self> {
+        Arc::new(Log {
+            drops: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            created: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            ran: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            finished: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            inits: AtomicU64::new(0),
+        })
+    }
+    fn ran(&self, tag: u64) -> u32 {
+        self.ran[tag as usize].load(Ordering::SeqCst)
+    }
+}
+
+/// The request: what the handler should do, and a drop counter.
+struct Req {
+    tag: u64,
+    panic: bool,
+    sleep_us: u64,
+    log: Arc<Log>,
+}
+
+impl Req {
+    fn new(sc: &Scenario, tag: u64, log: &Arc<Log>) -> Self {
+        let was = log.created[tag as usize].swap(true, Ordering::SeqCst);
+        assert!(!was, "tag {tag} created twice");
+        Req {
+            tag,
+            panic: sc.panics(tag),
+            sleep_us: sc.sleep_us(tag),
+            log: Arc::clone(log),
+        }
+    }
+}
+
+impl Drop for Req {
+    fn drop(&mut self) {
+        self.log.drops[self.tag as usize].fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn answer(tag: u64) -> u64 {
+    tag.wrapping_mul(31) + 7
+}
+
+/// The tag behind an outcome: the answer's inverse, or the tag in the panic message.
+fn tag_of(outcome: &Result<u64, JobError>) -> Option<u64> {
+    match outcome {
+        Ok(v) => Some((v - 7) / 31),
+        Err(JobError::Panicked(msg)) => {
+            let start = msg.find('#')? + 1;
+            let end = start + msg[start..].find('#')?;
+            msg[start..end].parse().ok()
+        }
+        Err(_) => None,
+    }
+}
+
+fn handler(req: Req) -> u64 {
+    req.log.ran[req.tag as usize].fetch_add(1, Ordering::SeqCst);
+    if req.sleep_us > 0 {
+        thread::sleep(Duration::from_micros(req.sleep_us));
+    }
+    req.log.finished.fetch_add(1, Ordering::SeqCst);
+    if req.panic {
+        panic!("{MARKER} panic #{}#", req.tag);
+    }
+    answer(req.tag)
+}
+
+/// How a producer's request ended, from the producer's side.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fate {
+    Accepted(RequestId),
+    /// `late`: the attempt began after the shutdown had returned, so the report cannot count it.
+    Refused {
+        shut_down: bool,
+        late: bool,
+    },
+    CallOk,
+    CallPanicked,
+    CallCancelled,
+}
+
+fn produce(
+    sc: &Scenario,
+    p: u64,
+    sub: Submitter<Req, u64>,
+    log: Arc<Log>,
+    reported: Arc<AtomicBool>,
+) -> Vec<(u64, Fate)> {
+    let mut rng = Rng::new(sc.seed ^ (p + 1).wrapping_mul(0xA076_1D64_78BD_642F));
+    let mut fates = Vec::new();
+    let mut shut = false;
+    for i in 0..sc.per_producer {
+        let tag = p * sc.per_producer + i;
+        let req = Req::new(sc, tag, &log);
+        log.attempts.fetch_add(1, Ordering::SeqCst);
+        let late = reported.load(Ordering::SeqCst);
+        let back = |r: Req, shut_down: bool| {
+            assert_eq!(r.tag, tag, "a refusal handed back another request");
+            Fate::Refused { shut_down, late }
+        };
+        let fate = match rng.below(4) {
+            0 => match sub.submit(req) {
+                Ok(id) => Fate::Accepted(id),
+                Err(SubmitError::ShutDown(r)) => back(r, true),
+            },
+            1 => match sub.try_submit(req) {
+                Ok(id) => Fate::Accepted(id),
+                Err(TrySubmitError::Full(r)) => back(r, false),
+                Err(TrySubmitError::ShutDown(r)) => back(r, true),
+            },
+            2 => match sub.submit_timeout(req, Duration::from_micros(rng.below(3_000))) {
+                Ok(id) => Fate::Accepted(id),
+                Err(SubmitTimeoutError::Timeout(r)) => back(r, false),
+                Err(SubmitTimeoutError::ShutDown(r)) => back(r, true),
+            },
+            _ => match sub.call(req) {
+                Ok(v) => {
+                    assert_eq!(v, answer(tag), "call {tag}: wrong answer");
+                    Fate::CallOk
+                }
+                Err(CallError::Panicked(JobError::Panicked(msg))) => {
+                    assert!(msg.contains(&format!("#{tag}#")), "call {tag}: {msg:?}");
+                    Fate::CallPanicked
+                }
+                Err(CallError::Panicked(e)) => panic!("call {tag}: {e:?}"),
+                Err(CallError::Cancelled(r)) => {
+                    assert_eq!(r.tag, tag, "call {tag} cancelled with another request");
+                    Fate::CallCancelled
+                }
+                Err(CallError::ShutDown(r)) => back(r, true),
+            },
+        };
+        match fate {
+            Fate::Refused { shut_down, .. } => {
+                assert!(
+                    !shut || shut_down,
+                    "request {tag}: intake reopened after ShutDown"
+                );
+                shut |= shut_down;
+            }
+            _ => assert!(!shut, "request {tag} accepted after a ShutDown refusal"),
+        }
+        fates.push((tag, fate));
+        if rng.chance(5) {
+            thread::yield_now();
+        }
+    }
+    fates
+}
+
+/// What the response consumer saw.
+struct Consumed {
+    got: Vec<Response<u64>>,
+    quit: bool,
+}
+
+fn consume(sc: &Scenario, responses: Receiver<Response<u64>>) -> Consumed {
+    let mut got = Vec::new();
+    loop {
+        let n = got.len() as u64;
+        if sc.reader_quits_after.is_some_and(|k| n >= k) {
+            drop(responses);
+            return Consumed { got, quit: true };
+        }
+        if let Some((at, stall)) = sc.reader_stall
+            && n == at
+        {
+            thread::sleep(stall);
+        }
+        match responses.recv_timeout(WAIT) {
+            Ok(r) => got.push(r),
+            Err(RecvTimeoutError::Disconnected) => return Consumed { got, quit: false },
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("responses neither came nor disconnected for {WAIT:?}")
+            }
+        }
+        if sc.reader_pause_us > 0 {
+            thread::sleep(Duration::from_micros(sc.reader_pause_us));
+        }
+    }
+}
+
+/// Checks one live snapshot against the truth read right after it.
+fn check_snapshot(sc: &Scenario, log: &Log, m: &MetricsSnapshot, past_deadlines: u64) {
+    let finished = log.finished.load(Ordering::SeqCst);
+    let attempts = log.attempts.load(Ordering::SeqCst);
+    assert!(
+        m.completed + m.failed <= finished + past_deadlines,
+        "overshoot: {} + {} finished, truly {finished} (+{past_deadlines} expired)",
+        m.completed,
+        m.failed
+    );
+    assert!(
+        m.submitted + m.rejected <= attempts,
+        "overshoot: {} submitted + {} rejected > {attempts} attempts",
+        m.submitted,
+        m.rejected
+    );
+    assert!(m.completed + m.failed <= m.submitted, "{m:?}");
+    assert!(m.undelivered <= m.completed + m.failed, "{m:?}");
+    assert!(m.queued <= sc.queue_capacity as u64, "{m:?}");
+    assert!(m.in_flight <= sc.workers as u64, "{m:?}");
+    assert_eq!(m.workers.len(), sc.workers);
+}
+
+/// What one subscription saw: whether it got the `Shutdown` event, and with what.
+struct Subscription {
+    summary: Option<ShutdownSummary>,
+}
+
+/// Reads a subscription as `kind` says; checks consecutive sequence numbers, monotonic
+/// snapshots that never overshoot, and that `Shutdown` comes last.
+fn read_events(
+    sc: &Scenario,
+    log: &Log,
+    kind: Sub,
+    events: Receiver<MetricsEvent>,
+    stop: &AtomicBool,
+) -> Subscription {
+    if kind == Sub::Stalled {
+        // Stall until the shutdown started, then read what was kept.
+        let until = Instant::now() + SCENARIO_LIMIT;
+        while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let mut last_seq: Option<u64> = None;
+    let mut last: Option<MetricsSnapshot> = None;
+    let mut read = 0u64;
+    loop {
+        if let Sub::Leaves(k) = kind
+            && read >= k
+        {
+            return Subscription { summary: None };
+        }
+        let event = match events.recv_timeout(WAIT) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Disconnected) => return Subscription { summary: None },
+            Err(RecvTimeoutError::Timeout) => panic!("a subscription neither sent nor closed"),
+        };
+        read += 1;
+        if let Some(prev) = last_seq {
+            assert_eq!(event.seq(), prev + 1, "sequence gap: {prev} then {event:?}");
+        }
+        last_seq = Some(event.seq());
+        match event {
+            MetricsEvent::Snapshot(m) => {
+                // A stale snapshot still never exceeds the truth read now: counts only grow.
+                check_snapshot(sc, log, &m, sc.deadline_submits);
+                if let Some(p) = &last {
+                    assert!(m.submitted >= p.submitted, "submitted went back");
+                    assert!(m.completed >= p.completed, "completed went back");
+                    assert!(m.failed >= p.failed, "failed went back");
+                    assert!(m.rejected >= p.rejected, "rejected went back");
+                }
+                last = Some(m);
+            }
+            MetricsEvent::Shutdown(summary) => {
+                match events.recv_timeout(WAIT) {
+                    Err(RecvTimeoutError::Disconnected) => {}
+                    other => panic!("after Shutdown: {other:?}"),
+                }
+                return Subscription {
+                    summary: Some(summary),
+                };
+            }
+            _ => {}
+        }
+        if let Sub::Slow(us) = kind {
+            thread::sleep(Duration::from_micros(us));
+        }
+    }
+}
+
+/// The totals a shutdown reported: from the `ShutdownReport`, or for a drop from the
+/// `Shutdown` event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Totals {
+    submitted: u64,
+    completed: u64,
+    failed: u64,
+    undelivered: u64,
+    unstarted: u64,
+    cancelled: u64,
+    rejected: u64,
+}
+
+impl From<&ShutdownSummary> for Totals {
+    fn from(s: &ShutdownSummary) -> Self {
+        Totals {
+            submitted: s.submitted,
+            completed: s.completed,
+            failed: s.failed,
+            undelivered: s.undelivered,
+            unstarted: s.unstarted,
+            cancelled: s.cancelled,
+            rejected: s.rejected,
+        }
+    }
+}
+
+impl<Req> From<&ShutdownReport<Req>> for Totals {
+    fn from(r: &ShutdownReport<Req>) -> Self {
+        Totals {
+            submitted: r.submitted,
+            completed: r.completed,
+            failed: r.failed,
+            undelivered: r.undelivered,
+            unstarted: r.unstarted.len() as u64,
+            cancelled: r.cancelled,
+            rejected: r.rejected,
+        }
+    }
+}
+
+/// What the `process` thread saw.
+#[derive(Default)]
+struct Processed {
+    yielded: Vec<u64>,
+    dropped_early: bool,
+}
+
+fn run_process(sc: &Scenario, orch: &Orchestrator<Req, u64>, log: &Arc<Log>) -> Processed {
+    let Some((n, stop_after, ordered)) = sc.process else {
+        return Processed::default();
+    };
+    let base = sc.process_base();
+    let inputs = (0..n).map(|j| {
+        log.attempts.fetch_add(1, Ordering::SeqCst);
+        Req::new(sc, base + j, log)
+    });
+    let limit = stop_after.unwrap_or(u64::MAX);
+    let mut out = Processed::default();
+    let take = |r: Response<u64>, out: &mut Processed| {
+        let tag = tag_of(&r.outcome).unwrap_or_else(|| panic!("process: {:?}", r.outcome));
+        assert!(sc.is_process_tag(tag), "process yielded tag {tag}");
+        match &r.outcome {
+            Ok(_) => assert!(!sc.panics(tag), "process {tag} should have panicked"),
+            Err(_) => assert!(sc.panics(tag), "process {tag} panicked"),
+        }
+        out.yielded.push(tag);
+    };
+    if ordered {
+        let mut it = orch.process_ordered(inputs);
+        while (out.yielded.len() as u64) < limit {
+            let Some(r) = it.next() else { break };
+            take(r, &mut out);
+        }
+        let expected: Vec<u64> = (base..base + out.yielded.len() as u64).collect();
+        assert_eq!(out.yielded, expected, "process_ordered out of order");
+    } else {
+        let mut it = orch.process(inputs);
+        while (out.yielded.len() as u64) < limit {
+            let Some(r) = it.next() else { break };
+            take(r, &mut out);
+        }
+    }
+    out.dropped_early = (out.yielded.len() as u64) < n;
+    out
+}
+
+/// Prints the scenario if the thread unwinds, so that a failure names its seed.
+struct Reporter<'a>(&'a Scenario);
+
+impl Drop for Reporter<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "chaos failed for seed {} (rerun with CHAOS_SEED={}): {:#?}",
+                self.0.seed, self.0.seed, self.0
+            );
+        }
+    }
+}
+
+fn build(sc: &Arc<Scenario>, log: &Arc<Log>) -> (Orchestrator<Req, u64>, Receiver<Response<u64>>) {
+    let mut b = Orchestrator::builder()
+        .workers(sc.workers)
+        .queue_capacity(sc.queue_capacity)
+        .metrics(sc.metrics)
+        .metrics_interval(sc.interval)
+        .thread_name(format!("chaos{}", sc.seed));
+    b = match sc.dist {
+        Dist::Shared => b.distribution(Distribution::Shared),
+        Dist::RoundRobin => b.distribution(Distribution::RoundRobin),
+        Dist::ByKey => b.distribution(Distribution::by_key(|r: &Req| r.tag % 3)),
+    };
+    if let Some(c) = sc.response_capacity {
+        b = b.response_capacity(c);
+    }
+    let (sc2, log2) = (Arc::clone(sc), Arc::clone(log));
+    b.build_with_state(
+        move |_| {
+            let n = log2.inits.fetch_add(1, Ordering::SeqCst);
+            if n >= sc2.workers as u64 && draw(sc2.seed, n, 5) % 100 < sc2.init_fail_percent {
+                panic!("{MARKER}: rebuild {n} fails");
+            }
+        },
+        |_: &mut (), req: Req| handler(req),
+    )
+    .unwrap()
+}
+
+fn run(sc: Scenario) {
+    let _reporter = Reporter(&sc);
+    let sc = Arc::new(sc.clone());
+    let log = Log::new(sc.tags());
+    let (orch, responses) = build(&sc, &log);
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let reported = Arc::new(AtomicBool::new(false));
+
+    // The auditor reads every event promptly; for a drop, its summary is the report.
+    let auditor = {
+        let (sc, log, events, stop) = (
+            Arc::clone(&sc),
+            Arc::clone(&log),
+            orch.subscribe_with_capacity(1 << 14),
+            Arc::clone(&shutting_down),
+        );
+        thread::spawn(move || read_events(&sc, &log, Sub::Slow(0), events, &stop))
+    };
+    let consumer = {
+        let sc = Arc::clone(&sc);
+        thread::spawn(move || consume(&sc, responses))
+    };
+    let producers: Vec<JoinHandle<Vec<(u64, Fate)>>> = (0..sc.producers)
+        .map(|p| {
+            let (sc, sub, log) = (Arc::clone(&sc), orch.submitter(), Arc::clone(&log));
+            let reported = Arc::clone(&reported);
+            thread::spawn(move || produce(&sc, p, sub, log, reported))
+        })
+        .collect();
+
+    // The main thread: a `process` stream on a scoped thread, and meanwhile subscribers that
+    // come and go, submits with deadlines, and metrics polls. The scope must end before any
+    // shutdown: `process` borrows the orchestrator.
+    let mut rng = Rng::new(sc.seed ^ 0x5EED);
+    let mut readers: Vec<JoinHandle<Subscription>> = Vec::new();
+    let mut deadline_ids: Vec<(u64, RequestId)> = Vec::new();
+    let mut deadline_refused = 0u64;
+    let processed = thread::scope(|s| {
+        let process = s.spawn(|| run_process(&sc, &orch, &log));
+        let start = Instant::now();
+        let mut subscribers = sc.subscribers.iter();
+        let mut deadline_tags = sc.deadline_base()..sc.tags();
+        let mut prev: Option<MetricsSnapshot> = None;
+        while start.elapsed() < sc.run_for || !process.is_finished() {
+            match rng.below(4) {
+                0 => {
+                    if let Some(&(kind, capacity)) = subscribers.next() {
+                        let (sc, log, events, stop) = (
+                            Arc::clone(&sc),
+                            Arc::clone(&log),
+                            orch.subscribe_with_capacity(capacity),
+                            Arc::clone(&shutting_down),
+                        );
+                        readers.push(thread::spawn(move || {
+                            read_events(&sc, &log, kind, events, &stop)
+                        }));
+                    }
+                }
+                1 => {
+                    if let Some(tag) = deadline_tags.next() {
+                        let req = Req::new(&sc, tag, &log);
+                        let now = Instant::now();
+                        let deadline = if sc.deadline_passed(tag) {
+                            now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+                        } else {
+                            now + SCENARIO_LIMIT * 10
+                        };
+                        log.attempts.fetch_add(1, Ordering::SeqCst);
+                        match orch.submit_with_deadline(req, deadline) {
+                            Ok(id) => deadline_ids.push((tag, id)),
+                            Err(e) => {
+                                drop(e.into_inner());
+                                deadline_refused += 1;
+                            }
+                        }
+                    }
+                }
+                2 => {
+                    let m = orch.metrics();
+                    check_snapshot(&sc, &log, &m, sc.deadline_submits);
+                    assert_eq!(m.cancelled, 0, "cancelled before any shutdown");
+                    if let Some(p) = &prev {
+                        assert!(m.submitted >= p.submitted, "submitted went back");
+                        assert!(m.completed >= p.completed, "completed went back");
+                        assert!(m.failed >= p.failed, "failed went back");
+                        assert!(m.rejected >= p.rejected, "rejected went back");
+                    }
+                    prev = Some(m);
+                }
+                _ => thread::sleep(Duration::from_micros(rng.below(2_000))),
+            }
+        }
+        process.join().unwrap()
+    });
+    assert_eq!(
+        deadline_refused, 0,
+        "the orchestrator refused before its shutdown"
+    );
+
+    // Stop at a random moment; subscribers left unsubscribed stay attached through it.
+    thread::sleep(Duration::from_micros(rng.below(3_000)));
+    let late = sc.late_subscriber.then(|| {
+        let (sc, log, events, stop) = (
+            Arc::clone(&sc),
+            Arc::clone(&log),
+            orch.subscribe(),
+            Arc::clone(&shutting_down),
+        );
+        thread::spawn(move || read_events(&sc, &log, Sub::Slow(0), events, &stop))
+    });
+    shutting_down.store(true, Ordering::SeqCst);
+    let report = match sc.stop {
+        Stop::Graceful => Some(orch.shutdown()),
+        Stop::Timeout(d) => Some(orch.shutdown_timeout(d)),
+        Stop::Now => Some(orch.shutdown_now()),
+        Stop::Drop => {
+            drop(orch);
+            None
+        }
+    };
+    reported.store(true, Ordering::SeqCst);
+
+    let mut fates: HashMap<u64, Fate> = HashMap::new();
+    for p in producers {
+        fates.extend(p.join().unwrap());
+    }
+    let consumed = consumer.join().unwrap();
+    let audit = auditor.join().unwrap();
+    for r in readers {
+        if let Some(summary) = r.join().unwrap().summary {
+            assert_eq!(Some(summary), audit.summary, "subscribers disagree");
+        }
+    }
+    if let Some(late) = late {
+        let got = late.join().unwrap().summary;
+        assert!(
+            got.is_some(),
+            "a subscriber made just before the shutdown got no summary"
+        );
+        assert_eq!(got, audit.summary, "subscribers disagree");
+    }
+    let summary = audit
+        .summary
+        .expect("the auditor (a prompt reader) got no Shutdown event");
+    let totals = match &report {
+        Some(r) => {
+            let t = Totals::from(r);
+            assert_eq!(
+                t,
+                Totals::from(&summary),
+                "report and Shutdown event differ"
+            );
+            t
+        }
+        None => Totals::from(&summary),
+    };
+
+    check_exactly_once(
+        &sc,
+        &log,
+        &fates,
+        &deadline_ids,
+        &consumed,
+        &processed,
+        report.as_ref(),
+        totals,
+    );
+
+    if std::env::var_os("CHAOS_VERBOSE").is_some() {
+        eprintln!(
+            "seed {}: {:?} {:?} received {} (quit: {}), process yielded {}, calls {}",
+            sc.seed,
+            sc.stop,
+            totals,
+            consumed.got.len(),
+            consumed.quit,
+            processed.yielded.len(),
+            fates
+                .values()
+                .filter(|f| matches!(f, Fate::CallOk | Fate::CallPanicked | Fate::CallCancelled))
+                .count()
+        );
+    }
+    drop(report);
+    drop(consumed);
+    for (tag, drops) in log.drops.iter().enumerate() {
+        let created = log.created[tag].load(Ordering::SeqCst);
+        let drops = drops.load(Ordering::SeqCst);
+        assert_eq!(
+            drops,
+            u32::from(created),
+            "request {tag} (created: {created}) dropped {drops} times"
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_exactly_once(
+    sc: &Scenario,
+    log: &Log,
+    fates: &HashMap<u64, Fate>,
+    deadline_ids: &[(u64, RequestId)],
+    consumed: &Consumed,
+    processed: &Processed,
+    report: Option<&ShutdownReport<Req>>,
+    totals: Totals,
+) {
+    for tag in 0..sc.tags() {
+        assert!(
+            log.ran(tag) <= 1,
+            "request {tag} ran {} times",
+            log.ran(tag)
+        );
+    }
+    // Stream requests: accepted ids, unique, each mapped to its tag.
+    let mut stream: HashMap<RequestId, u64> = HashMap::new();
+    for (&tag, fate) in fates {
+        if let Fate::Accepted(id) = fate {
+            assert!(
+                stream.insert(*id, tag).is_none(),
+                "two requests share id {id}"
+            );
+        }
+    }
+    for &(tag, id) in deadline_ids {
+        assert!(
+            stream.insert(id, tag).is_none(),
+            "two requests share id {id}"
+        );
+    }
+    let expired = |tag: u64| tag >= sc.deadline_base() && sc.deadline_passed(tag);
+
+    // Responses: each for an accepted request, once, with the right outcome.
+    let mut received: HashSet<u64> = HashSet::new();
+    let mut expired_answered = 0;
+    for r in &consumed.got {
+        let tag = *stream
+            .get(&r.id)
+            .unwrap_or_else(|| panic!("response for an id never accepted: {}", r.id));
+        assert!(received.insert(tag), "request {tag} answered twice");
+        assert!(
+            r.worker.index() < sc.workers,
+            "worker {} out of range",
+            r.worker
+        );
+        match &r.outcome {
+            Err(JobError::DeadlineExceeded) => {
+                assert!(expired(tag), "request {tag}: {:?}", r.outcome);
+                assert_eq!(log.ran(tag), 0, "an expired request ran");
+                expired_answered += 1;
+            }
+            outcome => {
+                assert_eq!(tag_of(outcome), Some(tag), "request {tag}: {outcome:?}");
+                assert!(!expired(tag), "expired request {tag} ran");
+                assert_eq!(
+                    outcome.is_err(),
+                    sc.panics(tag),
+                    "request {tag}: {outcome:?}"
+                );
+                assert_eq!(log.ran(tag), 1, "answered request {tag} never ran");
+            }
+        }
+    }
+
+    // Unstarted: accepted, never ran, never answered; stream ids match, process tags allowed.
+    let mut unstarted: HashSet<u64> = HashSet::new();
+    if let Some(report) = report {
+        for (id, req) in &report.unstarted {
+            let tag = req.tag;
+            assert!(unstarted.insert(tag), "request {tag} unstarted twice");
+            assert_eq!(log.ran(tag), 0, "unstarted request {tag} ran");
+            assert!(
+                !received.contains(&tag),
+                "request {tag} answered and unstarted"
+            );
+            if sc.is_process_tag(tag) {
+                assert!(!processed.yielded.contains(&tag));
+            } else {
+                assert_eq!(
+                    stream.get(id),
+                    Some(&tag),
+                    "unstarted {id} is not request {tag}"
+                );
+            }
+        }
+        if matches!(sc.stop, Stop::Graceful) && !sc.workers_may_die() {
+            assert!(
+                unstarted.is_empty(),
+                "a graceful shutdown left requests unstarted"
+            );
+        }
+    }
+
+    // Calls and refusals.
+    let (mut calls, mut cancelled) = (0, 0);
+    // Refusals the report must count (full or timed out: before the intake closed), may count
+    // (shut down while the report was being made), and cannot count (begun after it).
+    let (mut refused_full, mut refused_shut, mut refused_late) = (0, 0, 0);
+    for (&tag, fate) in fates {
+        match fate {
+            Fate::Accepted(_) => {}
+            Fate::Refused { shut_down, late } => {
+                match (shut_down, late) {
+                    (false, _) => refused_full += 1,
+                    (true, false) => refused_shut += 1,
+                    (true, true) => refused_late += 1,
+                }
+                assert_eq!(log.ran(tag), 0, "refused request {tag} ran");
+            }
+            Fate::CallOk | Fate::CallPanicked => {
+                calls += 1;
+                assert_eq!(log.ran(tag), 1, "answered call {tag} never ran");
+                assert_eq!(*fate == Fate::CallPanicked, sc.panics(tag));
+            }
+            Fate::CallCancelled => {
+                calls += 1;
+                cancelled += 1;
+                assert_eq!(log.ran(tag), 0, "cancelled call {tag} ran");
+                assert!(
+                    !matches!(sc.stop, Stop::Graceful | Stop::Drop) || sc.workers_may_die(),
+                    "a graceful shutdown cancelled call {tag}"
+                );
+            }
+        }
+    }
+
+    // Stream requests that were answered (ran, or expired) but not received.
+    // `stream_missing`: answered but never received, so lost with a dropped receiver or
+    // counted undelivered; `stream_maybe`: for a drop whose workers kept dying, an expired
+    // request that was either answered so, or left unstarted (no report says which).
+    let (mut stream_missing, mut stream_maybe) = (0, 0);
+    for &tag in stream.values() {
+        if received.contains(&tag) || unstarted.contains(&tag) {
+            continue;
+        }
+        if report.is_none() && log.ran(tag) == 0 {
+            // A drop runs (or, past its deadline, answers) everything, unless workers kept
+            // dying: then what is left is counted in the summary's `unstarted` and dropped
+            // with the report nobody sees.
+            if sc.workers_may_die() {
+                if expired(tag) {
+                    stream_maybe += 1;
+                }
+                continue;
+            }
+        }
+        assert!(
+            log.ran(tag) == 1 || expired(tag),
+            "stream request {tag} was accepted, never ran and was not handed back"
+        );
+        stream_missing += 1;
+    }
+
+    // Process requests: fed ones ran or were handed back; at most one pulled input was never
+    // fed (the one pending when the iterator was dropped).
+    let yielded: HashSet<u64> = processed.yielded.iter().copied().collect();
+    assert_eq!(
+        yielded.len(),
+        processed.yielded.len(),
+        "process yielded a tag twice"
+    );
+    let (mut process_fed, mut process_undelivered, mut never_fed) = (0, 0, 0);
+    for tag in sc.process_base()..sc.deadline_base() {
+        if !log.created[tag as usize].load(Ordering::SeqCst) {
+            continue;
+        }
+        if log.ran(tag) == 1 {
+            process_fed += 1;
+            if !yielded.contains(&tag) {
+                assert!(
+                    processed.dropped_early,
+                    "process lost the response of {tag}"
+                );
+                process_undelivered += 1;
+            }
+        } else if unstarted.contains(&tag) {
+            process_fed += 1;
+        } else {
+            // Pending in the iterator when it was dropped; or, for a drop whose workers kept
+            // dying, unstarted and counted in the summary only.
+            never_fed += 1;
+        }
+    }
+    assert!(
+        never_fed <= 1 || (report.is_none() && sc.workers_may_die()),
+        "{never_fed} process inputs neither ran nor came back"
+    );
+    assert!(never_fed == 0 || processed.dropped_early);
+
+    // The totals, exactly.
+    let ran_ok = (0..sc.tags())
+        .filter(|&t| log.ran(t) == 1 && !sc.panics(t))
+        .count() as u64;
+    let ran_panicked = (0..sc.tags())
+        .filter(|&t| log.ran(t) == 1 && sc.panics(t))
+        .count() as u64;
+    assert_eq!(totals.completed, ran_ok, "completed: {totals:?}");
+    let expired_accepted = deadline_ids.iter().filter(|(t, _)| expired(*t)).count() as u64;
+    let expired_unstarted = unstarted.iter().filter(|&&t| expired(t)).count() as u64;
+    let expired_failed = totals
+        .failed
+        .checked_sub(ran_panicked)
+        .unwrap_or_else(|| panic!("failed {} < {ran_panicked} panics", totals.failed));
+    assert!(
+        expired_failed <= expired_accepted - expired_unstarted
+            && expired_failed >= expired_answered,
+        "failed {} = {ran_panicked} panics + {expired_failed} expired; {expired_accepted} expired \
+         accepted, {expired_unstarted} unstarted, {expired_answered} answered",
+        totals.failed
+    );
+    assert_eq!(totals.cancelled, cancelled, "cancelled: {totals:?}");
+    assert!(
+        totals.rejected >= refused_full && totals.rejected <= refused_full + refused_shut,
+        "rejected {}: {refused_full} full/timed out, {refused_shut} shut down, {refused_late} \
+         after the report",
+        totals.rejected
+    );
+    if report.is_some() {
+        assert_eq!(
+            totals.submitted,
+            stream.len() as u64 + calls + process_fed,
+            "submitted: {totals:?}"
+        );
+        assert_eq!(
+            totals.submitted,
+            totals.completed + totals.failed + totals.unstarted + totals.cancelled
+        );
+        if !consumed.quit {
+            // Expired requests answered but not received: only undelivered ones.
+            let expired_missing = stream
+                .values()
+                .filter(|&&t| expired(t) && !received.contains(&t) && !unstarted.contains(&t))
+                .count() as u64;
+            assert_eq!(expired_failed, expired_answered + expired_missing);
+        }
+    } else {
+        assert!(totals.submitted >= stream.len() as u64 + calls + process_fed);
+        assert!(totals.submitted <= stream.len() as u64 + calls + process_fed + never_fed);
+        if !sc.workers_may_die() {
+            assert_eq!(
+                totals.unstarted, 0,
+                "a drop left requests unstarted: {totals:?}"
+            );
+        }
+    }
+    // Undelivered: stream responses nobody could receive — exactly the missing ones with a
+    // live reader, at most those when the reader quit (what sat in its buffer is lost with it,
+    // uncounted); `process` responses of an iterator dropped early — at most the ones that ran
+    // and were not yielded (what sat in the iterator's buffer is lost with it, uncounted).
+    assert!(processed.dropped_early || process_undelivered == 0);
+    let stream_low = if consumed.quit { 0 } else { stream_missing };
+    let stream_high = stream_missing + stream_maybe;
+    assert!(
+        totals.undelivered >= stream_low && totals.undelivered <= stream_high + process_undelivered,
+        "undelivered {}: stream {stream_low}..={stream_high}, process 0..={process_undelivered}",
+        totals.undelivered
+    );
+    if !consumed.quit && stream_missing > 0 {
+        assert!(
+            matches!(sc.stop, Stop::Timeout(_)) && sc.response_capacity.is_some(),
+            "{stream_missing} stream responses undelivered with a live reader"
+        );
+    }
+}
+
+/// This process's thread count.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits until the thread count is back to `baseline`: joined threads linger for a moment.
+fn assert_threads_back_to(baseline: usize, seed: u64) {
+    let start = Instant::now();
+    loop {
+        // Listing `/proc/self/task` while a thread exits can skip a live entry: a count
+        // that is off either way is read again until the grace period is over.
+        let now = threads();
+        if now == baseline {
+            return;
+        }
+        assert!(
+            start.elapsed() < THREAD_EXIT_GRACE,
+            "seed {seed}: {now} threads, {baseline} before the scenarios"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The only test in this binary, so that the thread count sees no other test's threads.
+#[test]
+fn chaos_schedules_lose_nothing_hang_nowhere_and_leave_no_thread() {
+    quiet_panics();
+    let seeds: Vec<u64> = match std::env::var("CHAOS_SEED") {
+        Ok(s) => vec![s.parse().expect("CHAOS_SEED must be a number")],
+        Err(_) => {
+            let n = std::env::var("CHAOS_SEEDS").map_or(SEEDS, |n| n.parse().unwrap());
+            (1..=n).collect()
+        }
+    };
+    let baseline = threads();
+    assert!(baseline > 0, "/proc/self/task is not readable");
+    let started = Instant::now();
+    for seed in seeds {
+        let sc = Scenario::new(seed);
+        within(SCENARIO_LIMIT, &format!("chaos seed {seed}"), move || {
+            run(sc)
+        });
+        assert_threads_back_to(baseline, seed);
+    }
+    eprintln!("chaos: done in {:?}", started.elapsed());
+}
