@@ -22,14 +22,18 @@ use crate::metrics::{
     WorkerSnapshot, WorkerState,
 };
 
-/// The counter that submitting handles share with the broadcaster.
+/// The counters that submitting handles share with the broadcaster.
 ///
-/// `rejected` is bumped only on a failed submit, never on the accepted fast path; a message
-/// per rejection would cost more than the rejection itself. Written with `Relaxed` by any
-/// submitter, read with `Relaxed` here: it is a statistic, and no other memory depends on it.
+/// Both are bumped only on cold paths, never on the accepted fast path: `rejected` on a
+/// failed submit, `undelivered` when a `process` iterator dropped early discards the
+/// responses it waited for. A message per event would cost more than the event itself.
+/// Written with `Relaxed` by any thread, read with `Relaxed` here: they are statistics, and
+/// no other memory depends on them. The final summary is read after every thread that could
+/// write them returned (the orchestrator is being consumed), so it is exact.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) rejected: AtomicU64,
+    pub(crate) undelivered: AtomicU64,
 }
 
 /// Reads the number of queued requests (the sum of the queues' `len()`).
@@ -164,7 +168,7 @@ impl Broadcaster {
             rejected: self.counters.rejected.load(Ordering::Relaxed),
             completed: sum.completed,
             failed: sum.failed,
-            undelivered: sum.undelivered,
+            undelivered: sum.undelivered + self.counters.undelivered.load(Ordering::Relaxed),
             cancelled: sum.cancelled,
             queued,
             in_flight,
@@ -211,7 +215,9 @@ impl Broadcaster {
                 ToBroadcaster::Finish { .. } => {}
             }
         }
-        let (mut completed, mut failed, mut undelivered, mut cancelled) = (0, 0, 0, sup_cancelled);
+        let discarded = self.counters.undelivered.load(Ordering::Relaxed);
+        let (mut completed, mut failed, mut undelivered, mut cancelled) =
+            (0, 0, discarded, sup_cancelled);
         for w in &st.workers {
             completed += w.totals.completed;
             failed += w.totals.failed;

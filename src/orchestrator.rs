@@ -222,6 +222,19 @@ impl<Req, Resp> Clone for Submitter<Req, Resp> {
 }
 
 impl<Req, Resp> Handle<Req, Resp> {
+    /// Counts responses that a `process` iterator dropped early discarded.
+    pub(crate) fn discarded(&self, n: u64) {
+        self.shared
+            .counters
+            .undelivered
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// How many responses `process` iterators discarded so far.
+    pub(crate) fn discarded_so_far(&self) -> u64 {
+        self.shared.counters.undelivered.load(Ordering::Relaxed)
+    }
+
     fn fork(&self) -> Self {
         Handle {
             shared: Arc::clone(&self.shared),
@@ -529,8 +542,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// a window of `queue_capacity + workers` requests in flight however long the input is.
     /// Its responses travel on a private channel, never on the shared responses channel, so
     /// several `process` calls and ordinary submits can run at once. Dropping it early stops
-    /// feeding; requests already in flight still run, and their responses count as
-    /// undelivered.
+    /// feeding and waits for the requests already in flight (at most the window), so none is
+    /// stranded in the pool; their responses are discarded and counted as undelivered.
     ///
     /// # Examples
     ///

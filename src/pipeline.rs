@@ -727,7 +727,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         PipelineSnapshot {
             completed: totals.completed,
             failed: totals.failed,
-            undelivered: totals.undelivered,
+            undelivered: totals.undelivered + self.first().feed_parts().0.discarded_so_far(),
             stages,
         }
     }
@@ -756,6 +756,8 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         let Some(first) = self.first.take() else {
             unreachable!("shutdown runs once")
         };
+        // Responses that `process` iterators dropped early waited for and discarded.
+        let discarded = first.feed_parts().0.discarded_so_far();
         if let Some(d) = deadline {
             let _ = self.control.send(CollectorControl::Deadline(d));
         }
@@ -792,7 +794,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             submitted: totals.completed + totals.failed + unstarted.len() as u64 + cancelled,
             completed: totals.completed,
             failed: totals.failed,
-            undelivered: totals.undelivered,
+            undelivered: totals.undelivered + discarded,
             unstarted,
             cancelled,
             rejected: report.rejected,

@@ -124,12 +124,37 @@ where
     }
 }
 
+impl<Req, Resp, Out, I: Iterator> Drop for Feeder<'_, Req, Resp, Out, I> {
+    /// Dropped early: waits for the requests already in flight (at most a window), so none is
+    /// stranded in the pool, and counts their discarded responses as undelivered.
+    fn drop(&mut self) {
+        let mut discarded = 0;
+        while self.in_flight > 0 && self.rx.recv().is_ok() {
+            self.in_flight -= 1;
+            discarded += 1;
+        }
+        if discarded > 0 {
+            self.handle.discarded(discarded);
+        }
+    }
+}
+
 /// Yields a feeder's responses in input order, through a reorder buffer of one window.
 pub(crate) struct Ordered<'a, Req, Resp, Out, I: Iterator> {
     feeder: Feeder<'a, Req, Resp, Out, I>,
     /// Responses that arrived before their turn, at `position % window`.
     reorder: Vec<Option<Response<Out>>>,
     next_out: u64,
+}
+
+impl<Req, Resp, Out, I: Iterator> Drop for Ordered<'_, Req, Resp, Out, I> {
+    /// Responses that arrived but were never yielded are undelivered too.
+    fn drop(&mut self) {
+        let waiting = self.reorder.iter().filter(|r| r.is_some()).count() as u64;
+        if waiting > 0 {
+            self.feeder.handle.discarded(waiting);
+        }
+    }
 }
 
 impl<'a, Req, Resp, Out, I> Ordered<'a, Req, Resp, Out, I>
