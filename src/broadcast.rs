@@ -168,7 +168,10 @@ impl Broadcaster {
             rejected: self.counters.rejected.load(Ordering::Relaxed),
             completed: sum.completed,
             failed: sum.failed,
-            undelivered: sum.undelivered + self.counters.undelivered.load(Ordering::Relaxed),
+            // Responses discarded by dropped `process` iterators are counted at once, their
+            // completions only with the workers' next reports: keep the snapshot consistent.
+            undelivered: (sum.undelivered + self.counters.undelivered.load(Ordering::Relaxed))
+                .min(sum.completed + sum.failed),
             cancelled: sum.cancelled,
             queued,
             in_flight,

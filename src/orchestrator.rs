@@ -21,6 +21,8 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::Backoff;
+
 use crossbeam_channel::{
     Receiver, Select, Sender, TrySendError, bounded, select_biased, unbounded,
 };
@@ -319,7 +321,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             return Err((Refusal::ShutDown, job));
         }
         let id = job.id;
-        let (job, first) = match self.try_enqueue(intake, job) {
+        let (mut job, mut first) = match self.try_enqueue(intake, job) {
             Ok(()) => return Ok(id),
             Err((Refusal::Full, job, first)) => (job, first),
             Err((why, job, _)) => return Err((why, job)),
@@ -329,6 +331,25 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             Wait::Forever => None,
             Wait::Until(at) => Some(at),
         };
+        // A blocking `select` parks this thread at once, and then every worker `recv` must
+        // take the queue's waker lock and unpark it: a futex round trip per job while the
+        // queue is full. `Sender::send` avoids that by retrying with a backoff first; do
+        // the same (a few microseconds at most) before falling back to the select.
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            if self.shared.closing.load(Ordering::Relaxed) {
+                return Err((Refusal::ShutDown, job));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            match self.try_enqueue(intake, job) {
+                Ok(()) => return Ok(id),
+                Err((Refusal::Full, back, at)) => (job, first) = (back, at),
+                Err((why, back, _)) => return Err((why, back)),
+            }
+        }
         let closed = &self.shared.closed;
         let queues = &intake.queues;
         let n = queues.len();
@@ -838,7 +859,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         };
         let (status_tx, status_rx) = unbounded::<Status<Req>>();
         let (bcast_tx, bcast_rx) = bounded(64 + 2 * n);
-        let (abort_tx, abort_rx) = bounded::<Never>(0);
+        // Capacity 1, not 0: nothing is ever sent, and a zero-capacity receiver allocates
+        // each time it is registered in a select (crossbeam's zero flavor boxes a packet).
+        let (abort_tx, abort_rx) = bounded::<Never>(1);
         let stop = Arc::new(AtomicBool::new(false));
         let flush_every = cfg.metrics.then(|| cfg.metrics_interval / 2);
         let (init, handler) = (Arc::new(init), Arc::new(handler));
@@ -981,7 +1004,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         };
         drop(bcast_tx);
 
-        let (closed_tx, closed_rx) = bounded(0);
+        // Capacity 1, not 0: see `abort` above.
+        let (closed_tx, closed_rx) = bounded(1);
         let shared = Arc::new(Shared {
             intake: Arc::downgrade(&intake),
             closed: closed_rx,

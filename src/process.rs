@@ -11,6 +11,7 @@ use std::fmt;
 use std::iter::Fuse;
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_utils::Backoff;
 
 use crate::message::{Job, Response, Route};
 use crate::orchestrator::{Handle, Intake, Refusal};
@@ -68,7 +69,7 @@ where
     /// Feeds inputs at positions below `limit` while the window allows, until one response
     /// arrives. `None` when nothing is in flight and nothing more may be fed.
     pub(crate) fn step(&mut self, limit: u64) -> Option<(u64, Response<Out>)> {
-        loop {
+        'feed: loop {
             if self.pending.is_none()
                 && self.next_seq < limit
                 && self.in_flight < self.window
@@ -86,7 +87,7 @@ where
                 self.in_flight -= 1;
                 return got;
             };
-            let (job, first) = match self.handle.try_enqueue(self.intake, job) {
+            let (mut job, mut first) = match self.handle.try_enqueue(self.intake, job) {
                 Ok(()) => {
                     self.sent();
                     continue;
@@ -95,6 +96,28 @@ where
                 // The iterator borrows its orchestrator: no shutdown can have started.
                 Err(_) => return None,
             };
+            // The queue is full. Retry both ways with a backoff before the `select!` parks
+            // this thread (as crossbeam's own `send` and `recv` do), which would cost a
+            // futex round trip per job while the pool keeps up.
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
+                if self.in_flight > 0
+                    && let Ok(got) = self.rx.try_recv()
+                {
+                    self.pending = Some(job);
+                    self.in_flight -= 1;
+                    return Some(got);
+                }
+                match self.handle.try_enqueue(self.intake, job) {
+                    Ok(()) => {
+                        self.sent();
+                        continue 'feed;
+                    }
+                    Err((Refusal::Full, back, at)) => (job, first) = (back, at),
+                    Err(_) => return None,
+                }
+            }
             let q = &self.intake.queues[first];
             if self.in_flight == 0 {
                 // Nothing to read: wait for queue space alone.

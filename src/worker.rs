@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::Backoff;
+
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError};
 
 use crate::error::{CallError, JobError};
@@ -181,17 +183,18 @@ where
         stats: &mut StatsDelta,
         next_flush: &mut Option<Instant>,
     ) -> Option<Job<Req, Resp>> {
-        // Fast path: own queue first, then steal from the others in order.
-        for (i, q) in self.queues.iter().enumerate() {
-            if !live[i] {
-                continue;
-            }
-            match q.try_recv() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => {
-                    live[i] = false;
-                    select.remove(i);
+        if let Some(job) = self.try_take(select, live) {
+            return Some(job);
+        }
+        // `Select::select` parks at once, so a submit would have to unpark us on every job
+        // that finds us idle; `Receiver::recv` spins with a backoff first. With several
+        // queues (RoundRobin) we select, so spin here the way `recv` would.
+        if self.queues.len() > 1 {
+            let backoff = Backoff::new();
+            while !backoff.is_completed() {
+                backoff.snooze();
+                if let Some(job) = self.try_take(select, live) {
+                    return Some(job);
                 }
             }
         }
@@ -233,6 +236,28 @@ where
                 }
             }
         }
+    }
+
+    /// Own queue first, then steal from the others in order; never blocks.
+    fn try_take<'a>(
+        &'a self,
+        select: &mut Select<'a>,
+        live: &mut [bool],
+    ) -> Option<Job<Req, Resp>> {
+        for (i, q) in self.queues.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            match q.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    live[i] = false;
+                    select.remove(i);
+                }
+            }
+        }
+        None
     }
 
     fn flush_idle(&self, stats: &mut StatsDelta, next_flush: &mut Option<Instant>) {
@@ -419,6 +444,17 @@ where
             Err(TrySendError::Disconnected(response)) => return Err(response),
             Err(TrySendError::Full(response)) => response,
         };
+        // Retry with a backoff before the select parks us (see `Handle::enqueue`).
+        let backoff = Backoff::new();
+        let mut response = response;
+        while !backoff.is_completed() {
+            backoff.snooze();
+            match self.responses.try_send(response) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(back)) => return Err(back),
+                Err(TrySendError::Full(back)) => response = back,
+            }
+        }
         crossbeam_channel::select_biased! {
             recv(self.abort) -> _ => Err(response),
             send(self.responses, response) -> sent => sent.map_err(|e| e.into_inner()),
