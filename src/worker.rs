@@ -155,9 +155,17 @@ where
             stop: Arc::clone(&self.stop),
         };
 
+        // With metrics on: when the previous job ended, if the next one was taken right away
+        // (then that instant is its start too, and one clock read per job is saved).
+        let mut last_end = None;
         loop {
             let job = match self.take(&mut select, &mut live, &mut guard.stats, &mut next_flush) {
-                Some(job) => job,
+                Some((job, waited)) => {
+                    if waited {
+                        last_end = None;
+                    }
+                    job
+                }
                 None => break,
             };
             guard.stats.taken += 1;
@@ -165,7 +173,8 @@ where
                 self.hand_back(job, &mut guard.stats);
                 continue;
             }
-            self.run_job(job, &mut state, &mut ctx, &mut guard.stats, &mut next_flush);
+            let times = (&mut next_flush, &mut last_end);
+            self.run_job(job, &mut state, &mut ctx, &mut guard.stats, times);
         }
     }
 
@@ -175,16 +184,17 @@ where
         panic::catch_unwind(AssertUnwindSafe(|| init(id))).map_err(message_of)
     }
 
-    /// The next job, or `None` when every queue is disconnected and empty.
+    /// The next job, and whether it had to wait for it; `None` when every queue is
+    /// disconnected and empty.
     fn take<'a>(
         &'a self,
         select: &mut Select<'a>,
         live: &mut [bool],
         stats: &mut StatsDelta,
         next_flush: &mut Option<Instant>,
-    ) -> Option<Job<Req, Resp>> {
+    ) -> Option<(Job<Req, Resp>, bool)> {
         if let Some(job) = self.try_take(select, live) {
-            return Some(job);
+            return Some((job, false));
         }
         // `Select::select` parks at once, so a submit would have to unpark us on every job
         // that finds us idle; `Receiver::recv` spins with a backoff first. With several
@@ -194,7 +204,7 @@ where
             while !backoff.is_completed() {
                 backoff.snooze();
                 if let Some(job) = self.try_take(select, live) {
-                    return Some(job);
+                    return Some((job, true));
                 }
             }
         }
@@ -211,7 +221,7 @@ where
                     None => q.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 };
                 match got {
-                    Ok(job) => return Some(job),
+                    Ok(job) => return Some((job, true)),
                     Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) => self.flush_idle(stats, next_flush),
                 }
@@ -229,7 +239,7 @@ where
             };
             let i = op.index();
             match op.recv(&self.queues[i]) {
-                Ok(job) => return Some(job),
+                Ok(job) => return Some((job, true)),
                 Err(_) => {
                     live[i] = false;
                     select.remove(i);
@@ -287,7 +297,7 @@ where
         state: &mut S,
         ctx: &mut JobContext,
         stats: &mut StatsDelta,
-        next_flush: &mut Option<Instant>,
+        (next_flush, last_end): (&mut Option<Instant>, &mut Option<Instant>),
     ) {
         let Job {
             id,
@@ -313,8 +323,9 @@ where
         }
         ctx.request = id;
         ctx.deadline = deadline;
-        // One clock read before and one after the handler, only with metrics on.
-        let start = next_flush.map(|_| Instant::now());
+        // With metrics on, one clock read after the handler, and one before it unless the
+        // previous job's end is this one's start.
+        let start = next_flush.map(|_| last_end.take().unwrap_or_else(Instant::now));
         let mut queue_time = Duration::ZERO;
         if let (Some(start), Some(enqueued)) = (start, enqueued) {
             queue_time = start.saturating_duration_since(enqueued);
@@ -338,7 +349,9 @@ where
 
         let mut handler_time = Duration::ZERO;
         if let Some(start) = start {
-            handler_time = start.elapsed();
+            let end = Instant::now();
+            handler_time = end.saturating_duration_since(start);
+            *last_end = Some(end);
             stats.handler.record(nanos(handler_time));
         }
         match result {
@@ -373,6 +386,7 @@ where
             stats.busy = true;
             self.flush(stats);
             *next_flush = self.flush_every.map(|p| start + handler_time + p);
+            *last_end = None; // the report took time: the next job reads its own start
         }
     }
 
