@@ -292,6 +292,7 @@ fn main() {
         for (a, b, target) in [
             (MetricsVariant::OneSubscriber, MetricsVariant::Off, 0.90),
             (MetricsVariant::On, MetricsVariant::Off, 0.90),
+            (MetricsVariant::Sampled, MetricsVariant::Off, 0.90),
             (MetricsVariant::Stalled, MetricsVariant::OneSubscriber, 0.95),
             (MetricsVariant::Hundred, MetricsVariant::OneSubscriber, 0.95),
         ] {

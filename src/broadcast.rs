@@ -72,6 +72,8 @@ pub(crate) struct Broadcaster {
     pub(crate) queue_len: QueueLen,
     pub(crate) counters: Arc<Counters>,
     pub(crate) started: Instant,
+    /// One job in this many is timed: finished handler time is scaled up by it.
+    pub(crate) timing_sample: u64,
 }
 
 struct State {
@@ -133,7 +135,7 @@ impl Broadcaster {
                     Err(_) => control = never(),
                 },
                 recv(ticker) -> _ => {
-                    st.interval_rates(Instant::now());
+                    st.interval_rates(Instant::now(), self.timing_sample);
                     st.seq += 1;
                     let snap = self.snapshot(&mut st);
                     st.broadcast(MetricsEvent::Snapshot(snap));
@@ -285,7 +287,7 @@ impl State {
     }
 
     /// Throughput and busy fractions over the interval that ends now.
-    fn interval_rates(&mut self, now: Instant) {
+    fn interval_rates(&mut self, now: Instant, sample: u64) {
         let secs = now.saturating_duration_since(self.last_tick).as_secs_f64();
         let finished: u64 = self
             .workers
@@ -296,7 +298,7 @@ impl State {
             self.throughput = (finished - self.finished_at_tick) as f64 / secs;
             for w in &mut self.workers {
                 let busy_nanos = w.totals.handler.sum_nanos();
-                let finished = (busy_nanos - w.busy_base).saturating_sub(w.to_subtract);
+                let finished = ((busy_nanos - w.busy_base) * sample).saturating_sub(w.to_subtract);
                 let running = w.running_since.map_or(0, |since| {
                     let from = since.max(self.last_tick);
                     nanos(now.saturating_duration_since(from))

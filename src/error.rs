@@ -230,6 +230,7 @@ pub(crate) enum BuildErrorKind {
     ZeroWorkers,
     ZeroQueueCapacity,
     ZeroMetricsInterval,
+    ZeroTimingSample,
     EmptyThreadName,
     NulInThreadName,
     TooManyWorkers,
@@ -266,6 +267,9 @@ impl fmt::Display for BuildError {
             }
             BuildErrorKind::ZeroMetricsInterval => {
                 f.write_str("invalid configuration: metrics_interval must be greater than zero")
+            }
+            BuildErrorKind::ZeroTimingSample => {
+                f.write_str("invalid configuration: timing_sample must be at least 1")
             }
             BuildErrorKind::EmptyThreadName => {
                 f.write_str("invalid configuration: thread_name must not be empty")

@@ -70,9 +70,10 @@ pub struct Response<Resp> {
     pub worker: WorkerId,
     /// The handler's value, or `Err(JobError::Panicked(message))` when it panicked.
     pub outcome: Result<Resp, JobError>,
-    /// Time from the submit to the start of the handler (zero with `.metrics(false)`).
+    /// Time from the submit to the start of the handler (zero with `.metrics(false)`, and
+    /// for a job that [`timing_sample`](crate::Builder::timing_sample) left untimed).
     pub queue_time: Duration,
-    /// Time spent in the handler (zero with `.metrics(false)`).
+    /// Time spent in the handler (zero with `.metrics(false)`, and for an untimed job).
     pub handler_time: Duration,
 }
 

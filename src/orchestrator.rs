@@ -75,8 +75,9 @@ struct Shared<Req, Resp> {
     /// be unique, and the queue's own send already touches a line every producer shares.
     next_id: AtomicU64,
     counters: Arc<Counters>,
-    /// Whether to stamp submit time (a clock read) on each job.
-    metrics: bool,
+    /// Which jobs are timed (a clock read at submit, two in the worker): those whose id has
+    /// no bit of the mask set. `None` with metrics off.
+    time_mask: Option<u64>,
     /// Idle reply channels for `call`.
     replies: ReplyPool<Req, Resp>,
 }
@@ -257,10 +258,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         deadline: Option<Instant>,
         route: Route<Req, Resp>,
     ) -> Job<Req, Resp> {
+        let id = self.next_id();
         Job {
-            id: self.next_id(),
+            id,
             req,
-            enqueued: self.shared.metrics.then(Instant::now),
+            enqueued: self
+                .shared
+                .time_mask
+                .filter(|m| id.0 & m == 0)
+                .map(|_| Instant::now()),
             deadline,
             route,
         }
@@ -946,6 +952,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
                 queue_len: Box::new(move || queue_rxs.iter().map(Receiver::len).sum()),
                 counters: Arc::clone(&counters),
                 started: Instant::now(),
+                timing_sample: cfg.timing_sample as u64,
             };
             match spawn_named(format!("{}-metrics", cfg.thread_name), move || b.run()) {
                 Ok(h) => Some((h, ctl_tx)),
@@ -1012,7 +1019,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             closing: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             counters,
-            metrics: cfg.metrics,
+            time_mask: cfg.metrics.then(|| cfg.timing_sample as u64 - 1),
             replies: bounded(REPLY_POOL),
         });
         let orch = Orchestrator {

@@ -323,9 +323,13 @@ where
         }
         ctx.request = id;
         ctx.deadline = deadline;
-        // With metrics on, one clock read after the handler, and one before it unless the
-        // previous job's end is this one's start.
-        let start = next_flush.map(|_| last_end.take().unwrap_or_else(Instant::now));
+        // A timed job (metrics on, and sampled: it carries its submit time) costs one clock
+        // read after the handler, and one before it unless the previous job's end is this
+        // one's start.
+        let start = enqueued.map(|_| last_end.take().unwrap_or_else(Instant::now));
+        if start.is_none() {
+            *last_end = None;
+        }
         let mut queue_time = Duration::ZERO;
         if let (Some(start), Some(enqueued)) = (start, enqueued) {
             queue_time = start.saturating_duration_since(enqueued);

@@ -738,3 +738,43 @@ fn a_long_job_after_an_idle_spell_shows_as_in_flight_and_busy() {
         );
     });
 }
+
+/// `timing_sample(n)` times one job in `n` (ids that are multiples of `n`): exact counts,
+/// latency from the timed jobs, zero timings on the others.
+#[test]
+fn timing_sample_times_one_job_in_n() {
+    within(WAIT, "the test", || {
+        let (orch, responses) = Orchestrator::builder()
+            .workers(2)
+            .timing_sample(3) // rounded up to 4
+            .metrics_interval(Duration::from_millis(10))
+            .build(|x: u64| {
+                thread::sleep(Duration::from_micros(200));
+                x
+            })
+            .unwrap();
+        for i in 0..100 {
+            orch.submit(i).unwrap();
+        }
+        let got: Vec<_> = (0..100)
+            .map(|_| responses.recv_timeout(WAIT).unwrap())
+            .collect();
+        for r in &got {
+            let timed = r.id.as_u64() % 4 == 0;
+            assert_eq!(r.handler_time > Duration::ZERO, timed, "{r:?}");
+            assert_eq!(r.handler_time >= Duration::from_micros(200), timed, "{r:?}");
+        }
+        let m = wait_for(&orch, "every job reported", |m| m.completed == 100);
+        assert_eq!(m.latency.count, 25);
+        assert!(m.latency.p50 >= Duration::from_micros(200), "{m:?}");
+        assert_eq!(orch.shutdown().completed, 100);
+    });
+    let e = Orchestrator::builder()
+        .timing_sample(0)
+        .build(|x: u8| x)
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "invalid configuration: timing_sample must be at least 1"
+    );
+}

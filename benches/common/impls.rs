@@ -448,15 +448,18 @@ pub enum MetricsVariant {
     Stalled,
     /// Metrics on, 100 subscribers, each read by its own thread.
     Hundred,
+    /// Metrics on with one job in 16 timed (`.timing_sample(16)`), one reading subscriber.
+    Sampled,
 }
 
 impl MetricsVariant {
-    pub const ALL: [MetricsVariant; 5] = [
+    pub const ALL: [MetricsVariant; 6] = [
         MetricsVariant::Off,
         MetricsVariant::On,
         MetricsVariant::OneSubscriber,
         MetricsVariant::Stalled,
         MetricsVariant::Hundred,
+        MetricsVariant::Sampled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -466,6 +469,7 @@ impl MetricsVariant {
             MetricsVariant::OneSubscriber => "metrics-on-1-subscriber",
             MetricsVariant::Stalled => "metrics-on-stalled-subscriber",
             MetricsVariant::Hundred => "metrics-on-100-subscribers",
+            MetricsVariant::Sampled => "metrics-sampled-16-1-subscriber",
         }
     }
 }
@@ -504,6 +508,11 @@ impl MetricsVariant {
             .queue_capacity(CAPACITY)
             .response_capacity(CAPACITY)
             .metrics(!matches!(variant, MetricsVariant::Off))
+            .timing_sample(if matches!(variant, MetricsVariant::Sampled) {
+                16
+            } else {
+                1
+            })
             // A short interval, so that the 1.2 s of a bench sees many snapshots.
             .metrics_interval(Duration::from_millis(20))
             .thread_name("bench")
@@ -511,7 +520,9 @@ impl MetricsVariant {
             .expect("build the orchestrator");
         let (readers, stalled) = match variant {
             MetricsVariant::Off | MetricsVariant::On => (Readers(Vec::new()), None),
-            MetricsVariant::OneSubscriber => (Readers::spawn(vec![orch.subscribe()]), None),
+            MetricsVariant::OneSubscriber | MetricsVariant::Sampled => {
+                (Readers::spawn(vec![orch.subscribe()]), None)
+            }
             MetricsVariant::Stalled => (Readers(Vec::new()), Some(orch.subscribe_with_capacity(4))),
             MetricsVariant::Hundred => (
                 Readers::spawn((0..100).map(|_| orch.subscribe()).collect()),
