@@ -128,6 +128,33 @@
 //! # Ok::<(), channel_orchestrator::BuildError>(())
 //! ```
 //!
+//! # Streams, keys and pipelines
+//!
+//! [`process`](Orchestrator::process) feeds a long input from one thread and yields the
+//! responses as they complete ([`process_ordered`](Orchestrator::process_ordered): in input
+//! order), sending and receiving at once so no capacity can deadlock it.
+//! [`Distribution::by_key`] runs every request of one key on one worker, in submit order.
+//! A [`Pipeline`] chains stages with their own worker counts and bounded queues between
+//! them.
+//!
+//! ```
+//! use channel_orchestrator::{Orchestrator, Pipeline};
+//!
+//! let (orch, _responses) = Orchestrator::builder()
+//!     .workers(2)
+//!     .queue_capacity(1) // tiny on purpose: process never deadlocks
+//!     .build(|n: u64| n * n)?;
+//! let squares: Vec<u64> = orch.process_ordered(1..=5).map(|r| r.outcome.unwrap()).collect();
+//! assert_eq!(squares, [1, 4, 9, 16, 25]);
+//!
+//! let (pipeline, _responses) = Pipeline::builder()
+//!     .stage(1, |line: &'static str| line.split(',').count())
+//!     .stage(2, |fields: usize| fields * 2)
+//!     .build()?;
+//! assert_eq!(pipeline.call("a,b,c"), Ok(6));
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
 //! # Metrics
 //!
 //! Metrics are events, not shared counters: each worker counts locally and reports in
