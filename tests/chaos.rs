@@ -39,7 +39,7 @@ use channel_orchestrator::{
     Response, ShutdownReport, ShutdownSummary, SubmitError, SubmitTimeoutError, Submitter,
     TrySubmitError,
 };
-use common::{MARKER, WAIT, quiet_panics, within};
+use common::{MARKER, Rng, WAIT, quiet_panics, within};
 
 /// Scenarios in a default run (seeds `1..=SEEDS`); `CHAOS_SEEDS` overrides it.
 const SEEDS: u64 = 200;
@@ -62,30 +62,6 @@ const MAX_RUN_MS: u64 = 25;
 const SCENARIO_LIMIT: Duration = Duration::from_secs(30);
 /// How long a finished thread may linger in `/proc/self/task` after its join.
 const THREAD_EXIT_GRACE: Duration = Duration::from_secs(3);
-
-/// xorshift64*: small, seedable, good enough to pick interleavings.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// A deterministic draw per (seed, tag, salt), so the checker knows what each request did.
 fn draw(seed: u64, tag: u64, salt: u64) -> u64 {

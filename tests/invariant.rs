@@ -34,30 +34,6 @@ const MAX_STOP_AFTER_US: u64 = 8_000;
 /// The longest one scenario may take before it counts as hung.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(20);
 
-/// xorshift64*: small, seedable, good enough to pick interleavings.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 /// A deterministic per-(seed, tag) draw, so the checker knows what each request was.
 fn draw(seed: u64, tag: u64, salt: u64) -> u64 {
     Rng::new(seed ^ tag.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ salt).next()
