@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError};
 use channel_orchestrator::{
     MetricsEvent, MetricsSnapshot, Orchestrator, ShutdownReport, ShutdownSummary, WorkerEvent,
-    WorkerEventKind, WorkerState,
+    WorkerEventKind,
 };
 
 /// Panics whose message holds this tag are expected and not printed.
@@ -411,10 +411,8 @@ fn a_full_subscriber_still_gets_the_shutdown_event() {
             .metrics_interval(Duration::from_secs(3600)) // no snapshot during the test
             .build(|i: u32| i)
             .unwrap();
-        // The Started event has gone out before we subscribe.
-        wait_for(&orch, "the worker started", |m| {
-            m.workers[0].state == WorkerState::Idle
-        });
+        // The Started event (sequence number 1) has gone out before we subscribe.
+        wait_for(&orch, "the worker's Started event", |m| m.seq >= 1);
         let events = orch.subscribe_with_capacity(1);
         let report = orch.shutdown();
         // The worker's Stopped event fills the buffer; the reserved slot takes Shutdown.
