@@ -317,13 +317,16 @@ impl State {
     fn broadcast(&mut self, event: MetricsEvent) {
         let mut evicted = 0;
         self.subscribers.retain(|s| {
-            // A full buffer means a stalled subscriber: this event takes the reserved slot
-            // (so its receiver sees it, then the disconnect) and the subscriber goes. A
-            // dropped receiver can look full too; `Disconnected` tells the two apart.
-            let full = s.tx.len() >= s.capacity;
+            // A full buffer means a stalled subscriber: it goes, keeping exactly what it had
+            // buffered (the spare slot stays for `Shutdown` only). A receiver dropped while
+            // full looks the same without a send, so it is counted as evicted too.
+            if s.tx.len() >= s.capacity {
+                evicted += 1;
+                return false;
+            }
             match s.tx.try_send(event.clone()) {
-                Ok(()) if !full => true,
-                Ok(()) | Err(TrySendError::Full(_)) => {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
                     evicted += 1;
                     false
                 }

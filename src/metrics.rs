@@ -52,7 +52,8 @@ pub struct MetricsSnapshot {
     pub latency: LatencySummary,
     /// Time from submit to the start of the handler, of every started job since the start.
     pub queue_wait: LatencySummary,
-    /// Subscribers evicted so far because their buffer was full.
+    /// Subscribers evicted so far because their buffer was full (one whose receiver was
+    /// dropped while full counts here too: without a send the two look alike).
     pub evicted_subscribers: u64,
     /// Subscribers currently attached.
     pub subscribers: usize,

@@ -724,11 +724,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     ///
     /// The subscriber buffers up to `capacity` events (at least 1, at most
     /// [`MAX_SUBSCRIBER_CAPACITY`]). If its buffer is full when
-    /// an event is sent, it is evicted: it still receives what it had buffered and that last
-    /// event, then sees the channel disconnected. (One slot beyond `capacity` is reserved for
-    /// the event that evicts it, or for the final `Shutdown` event, which therefore reaches
-    /// every subscriber that was not evicted.) A slow or stalled subscriber never slows the
-    /// workers. Dropping the receiver unsubscribes.
+    /// an event is sent, it is evicted: it still receives what it had buffered, then sees the
+    /// channel disconnected. (One slot beyond `capacity` is reserved for the final
+    /// `Shutdown` event, which therefore reaches every subscriber that was not evicted.) A
+    /// slow or stalled subscriber never slows the workers. Dropping the receiver
+    /// unsubscribes; one dropped while its buffer was full counts in `evicted_subscribers`.
     pub fn subscribe_with_capacity(&self, capacity: usize) -> Receiver<MetricsEvent> {
         let capacity = capacity.clamp(1, MAX_SUBSCRIBER_CAPACITY);
         let (tx, rx) = bounded(capacity + 1);
