@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use channel_orchestrator::{Distribution, Orchestrator, Pipeline};
+use channel_orchestrator::{Distribution, Orchestrator, Pipeline, Response};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Jobs per measured iteration.
@@ -35,6 +35,21 @@ fn write(x: u64) -> u64 {
     x + 1
 }
 
+/// Times `iters` runs of `JOBS` responses read from `run()`'s iterator.
+fn timed<R>(iters: u64, run: impl Fn() -> R) -> Duration
+where
+    R: Iterator<Item = Response<u64>>,
+{
+    let t = Instant::now();
+    for _ in 0..iters {
+        let n = run()
+            .map(|r| black_box(r.outcome.unwrap()))
+            .fold(0u64, |n, _| n + 1);
+        assert_eq!(n, JOBS);
+    }
+    t.elapsed()
+}
+
 fn pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline-6us");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
@@ -47,53 +62,18 @@ fn pipeline(c: &mut Criterion) {
             .stage(1, write)
             .build()
             .unwrap();
-        b.iter_custom(|iters| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                let n = p
-                    .process_ordered(0..JOBS)
-                    .map(|r| black_box(r.outcome.unwrap()))
-                    .fold(0u64, |n, _| n + 1);
-                assert_eq!(n, JOBS);
-            }
-            t.elapsed()
-        });
+        b.iter_custom(|iters| timed(iters, || p.process_ordered(0..JOBS)));
     });
 
+    let (orch, _rx) = Orchestrator::builder()
+        .workers(workers)
+        .build(|x: u64| write(analyze(parse(x))))
+        .unwrap();
     g.bench_function("one-stage-process-ordered", |b| {
-        let (orch, _rx) = Orchestrator::builder()
-            .workers(workers)
-            .build(|x: u64| write(analyze(parse(x))))
-            .unwrap();
-        b.iter_custom(|iters| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                let n = orch
-                    .process_ordered(0..JOBS)
-                    .map(|r| black_box(r.outcome.unwrap()))
-                    .fold(0u64, |n, _| n + 1);
-                assert_eq!(n, JOBS);
-            }
-            t.elapsed()
-        });
+        b.iter_custom(|iters| timed(iters, || orch.process_ordered(0..JOBS)));
     });
-
     g.bench_function("one-stage-process", |b| {
-        let (orch, _rx) = Orchestrator::builder()
-            .workers(workers)
-            .build(|x: u64| write(analyze(parse(x))))
-            .unwrap();
-        b.iter_custom(|iters| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                let n = orch
-                    .process(0..JOBS)
-                    .map(|r| black_box(r.outcome.unwrap()))
-                    .fold(0u64, |n, _| n + 1);
-                assert_eq!(n, JOBS);
-            }
-            t.elapsed()
-        });
+        b.iter_custom(|iters| timed(iters, || orch.process(0..JOBS)));
     });
     g.finish();
 }

@@ -35,7 +35,7 @@ use crate::error::{
 };
 use crate::message::{Control, Job, Reply, RequestId, Response, Route, Shutdown, Status, WorkerId};
 use crate::metrics::{MetricsEvent, MetricsSnapshot, ShutdownSummary};
-use crate::process::{Process, ProcessOrdered};
+use crate::process::{Feeder, Process, ProcessOrdered};
 use crate::supervisor::{Outcome, SpawnWorker, Supervisor};
 use crate::worker::{JobContext, Never, Worker};
 
@@ -587,12 +587,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     where
         I: IntoIterator<Item = Req>,
     {
-        Process::new(
-            &self.handle,
-            self.running().intake.as_ref(),
-            self.window(),
-            inputs.into_iter(),
-        )
+        Process::new(self.feeder(inputs.into_iter()))
     }
 
     /// As [`process`](Self::process), yielding responses in input order.
@@ -619,12 +614,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     where
         I: IntoIterator<Item = Req>,
     {
-        ProcessOrdered::new(
-            &self.handle,
-            self.running().intake.as_ref(),
-            self.window(),
-            inputs.into_iter(),
-        )
+        ProcessOrdered::new(self.feeder(inputs.into_iter()))
+    }
+
+    fn feeder<I: Iterator<Item = Req>>(&self, inputs: I) -> Feeder<'_, Req, Resp, Resp, I> {
+        Feeder::direct(&self.handle, &self.running().intake, self.window(), inputs)
     }
 
     /// The in-flight window of `process`: every queue slot, plus one job per worker.

@@ -222,6 +222,23 @@ fn orchestrator_job<Req: Send + 'static, Resp: Send + 'static>(
     handle.job(req, None, Route::Process(tx, seq))
 }
 
+impl<'a, Req, Resp, I> Feeder<'a, Req, Resp, Resp, I>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Iterator<Item = Req>,
+{
+    /// The feeder of an orchestrator's own `process` / `process_ordered`.
+    pub(crate) fn direct(
+        handle: &'a Handle<Req, Resp>,
+        intake: &'a Intake<Req, Resp>,
+        window: usize,
+        inputs: I,
+    ) -> Self {
+        Feeder::new(handle, intake, window, inputs, orchestrator_job)
+    }
+}
+
 /// The iterator of [`Orchestrator::process`](crate::Orchestrator::process): responses in
 /// completion order.
 #[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
@@ -235,15 +252,8 @@ where
     Resp: Send + 'static,
     I: Iterator<Item = Req>,
 {
-    pub(crate) fn new(
-        handle: &'a Handle<Req, Resp>,
-        intake: &'a Intake<Req, Resp>,
-        window: usize,
-        inputs: I,
-    ) -> Self {
-        Process {
-            feeder: Feeder::new(handle, intake, window, inputs, orchestrator_job),
-        }
+    pub(crate) fn new(feeder: Feeder<'a, Req, Resp, Resp, I>) -> Self {
+        Process { feeder }
     }
 }
 
@@ -273,13 +283,7 @@ where
     Resp: Send + 'static,
     I: Iterator<Item = Req>,
 {
-    pub(crate) fn new(
-        handle: &'a Handle<Req, Resp>,
-        intake: &'a Intake<Req, Resp>,
-        window: usize,
-        inputs: I,
-    ) -> Self {
-        let feeder = Feeder::new(handle, intake, window, inputs, orchestrator_job);
+    pub(crate) fn new(feeder: Feeder<'a, Req, Resp, Resp, I>) -> Self {
         ProcessOrdered {
             ordered: Ordered::new(feeder),
         }

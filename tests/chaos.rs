@@ -39,7 +39,7 @@ use channel_orchestrator::{
     Response, ShutdownReport, ShutdownSummary, SubmitError, SubmitTimeoutError, Submitter,
     TrySubmitError,
 };
-use common::{MARKER, Rng, WAIT, quiet_panics, within};
+use common::{MARKER, Rng, Stop, WAIT, quiet_panics, within};
 
 /// Scenarios in a default run (seeds `1..=SEEDS`); `CHAOS_SEEDS` overrides it.
 const SEEDS: u64 = 200;
@@ -66,14 +66,6 @@ const THREAD_EXIT_GRACE: Duration = Duration::from_secs(3);
 /// A deterministic draw per (seed, tag, salt), so the checker knows what each request did.
 fn draw(seed: u64, tag: u64, salt: u64) -> u64 {
     Rng::new(seed ^ tag.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ salt.wrapping_mul(0xA5A5)).next()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Stop {
-    Graceful,
-    Timeout(Duration),
-    Now,
-    Drop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,12 +120,7 @@ struct Scenario {
 impl Scenario {
     fn new(seed: u64) -> Self {
         let mut r = Rng::new(seed);
-        let stop = match r.below(4) {
-            0 => Stop::Graceful,
-            1 => Stop::Timeout(Duration::from_micros(r.below(5_000))),
-            2 => Stop::Now,
-            _ => Stop::Drop,
-        };
+        let stop = Stop::draw(&mut r);
         let response_capacity = match r.below(3) {
             0 => Some(r.below(4) as usize),
             _ => None,
@@ -760,15 +747,7 @@ fn run(sc: Scenario) {
         thread::spawn(move || read_events(&sc, &log, Sub::Slow(0), events, &stop))
     });
     shutting_down.store(true, Ordering::SeqCst);
-    let report = match sc.stop {
-        Stop::Graceful => Some(orch.shutdown()),
-        Stop::Timeout(d) => Some(orch.shutdown_timeout(d)),
-        Stop::Now => Some(orch.shutdown_now()),
-        Stop::Drop => {
-            drop(orch);
-            None
-        }
-    };
+    let report = sc.stop.apply(orch);
     reported.store(true, Ordering::SeqCst);
 
     let mut fates: HashMap<u64, Fate> = HashMap::new();

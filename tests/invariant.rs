@@ -39,14 +39,6 @@ fn draw(seed: u64, tag: u64, salt: u64) -> u64 {
     Rng::new(seed ^ tag.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ salt).next()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Stop {
-    Graceful,
-    Timeout(Duration),
-    Now,
-    Drop,
-}
-
 #[derive(Debug, Clone)]
 struct Scenario {
     seed: u64,
@@ -70,12 +62,7 @@ struct Scenario {
 impl Scenario {
     fn new(seed: u64) -> Self {
         let mut r = Rng::new(seed);
-        let stop = match r.below(4) {
-            0 => Stop::Graceful,
-            1 => Stop::Timeout(Duration::from_micros(r.below(5_000))),
-            2 => Stop::Now,
-            _ => Stop::Drop,
-        };
+        let stop = Stop::draw(&mut r);
         let response_capacity = match r.below(3) {
             0 => Some(r.below(4) as usize),
             _ => None,
@@ -315,15 +302,7 @@ fn run(sc: Scenario) {
         })
         .collect();
     thread::sleep(sc.stop_after);
-    let report = match sc.stop {
-        Stop::Graceful => Some(orch.shutdown()),
-        Stop::Timeout(d) => Some(orch.shutdown_timeout(d)),
-        Stop::Now => Some(orch.shutdown_now()),
-        Stop::Drop => {
-            drop(orch);
-            None
-        }
-    };
+    let report = sc.stop.apply(orch);
     let mut seen = Seen::default();
     for p in producers {
         let s = p.join().unwrap();

@@ -390,3 +390,40 @@ impl Rng {
         self.below(100) < percent
     }
 }
+
+/// A kind of shutdown, for randomized schedules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stop {
+    Graceful,
+    Timeout(Duration),
+    Now,
+    Drop,
+}
+
+impl Stop {
+    /// One of the four, uniformly; a timeout of up to 5 ms.
+    pub fn draw(r: &mut Rng) -> Stop {
+        match r.below(4) {
+            0 => Stop::Graceful,
+            1 => Stop::Timeout(Duration::from_micros(r.below(5_000))),
+            2 => Stop::Now,
+            _ => Stop::Drop,
+        }
+    }
+
+    /// Stops `orch` this way; the report, except for `Drop`, which has none.
+    pub fn apply<Req: Send + 'static, Resp: Send + 'static>(
+        self,
+        orch: Orchestrator<Req, Resp>,
+    ) -> Option<ShutdownReport<Req>> {
+        match self {
+            Stop::Graceful => Some(orch.shutdown()),
+            Stop::Timeout(d) => Some(orch.shutdown_timeout(d)),
+            Stop::Now => Some(orch.shutdown_now()),
+            Stop::Drop => {
+                drop(orch);
+                None
+            }
+        }
+    }
+}
