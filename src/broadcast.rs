@@ -60,6 +60,9 @@ struct WorkerTotals {
     /// Credit of jobs that have since finished: their full handler time arrives with their
     /// completion, so what was credited before must not count twice.
     to_subtract: u64,
+    /// What the worker's last report said: busy or idle. Lifecycle events that bring a
+    /// worker (back) to serving keep it, since the worker's own report may arrive first.
+    last_busy: bool,
 }
 
 pub(crate) struct Broadcaster {
@@ -252,16 +255,19 @@ impl State {
     fn add(&mut self, worker: usize, delta: &StatsDelta) {
         let w = &mut self.workers[worker];
         w.totals.merge(delta);
-        if delta.running_since != w.running_since {
-            w.to_subtract += std::mem::take(&mut w.credited);
-            w.running_since = delta.running_since;
-        }
-        if matches!(w.state, Some(WorkerState::Idle | WorkerState::Busy)) {
-            w.state = Some(if delta.busy {
-                WorkerState::Busy
-            } else {
-                WorkerState::Idle
-            });
+        if !delta.counts_only {
+            if delta.running_since != w.running_since {
+                w.to_subtract += std::mem::take(&mut w.credited);
+                w.running_since = delta.running_since;
+            }
+            w.last_busy = delta.busy;
+            if matches!(w.state, Some(WorkerState::Idle | WorkerState::Busy)) {
+                w.state = Some(if delta.busy {
+                    WorkerState::Busy
+                } else {
+                    WorkerState::Idle
+                });
+            }
         }
         self.handler.merge(&delta.handler);
         self.wait.merge(&delta.wait);
@@ -270,6 +276,9 @@ impl State {
     fn worker_event(&mut self, worker: usize, kind: WorkerEventKind) {
         let w = &mut self.workers[worker];
         w.state = Some(match &kind {
+            WorkerEventKind::Started | WorkerEventKind::Restarted if w.last_busy => {
+                WorkerState::Busy
+            }
             WorkerEventKind::Started | WorkerEventKind::Restarted => WorkerState::Idle,
             WorkerEventKind::Panicked { .. } | WorkerEventKind::Died(_) => WorkerState::Restarting,
             WorkerEventKind::Stopped => WorkerState::Stopped,
@@ -298,14 +307,16 @@ impl State {
             self.throughput = (finished - self.finished_at_tick) as f64 / secs;
             for w in &mut self.workers {
                 let busy_nanos = w.totals.handler.sum_nanos();
-                let finished = ((busy_nanos - w.busy_base) * sample).saturating_sub(w.to_subtract);
+                let finished = (busy_nanos.saturating_sub(w.busy_base))
+                    .saturating_mul(sample)
+                    .saturating_sub(w.to_subtract);
                 let running = w.running_since.map_or(0, |since| {
                     let from = since.max(self.last_tick);
                     nanos(now.saturating_duration_since(from))
                 });
-                w.credited += running;
+                w.credited = w.credited.saturating_add(running);
                 w.to_subtract = 0;
-                w.busy = ((finished + running) as f64 / 1e9 / secs).clamp(0.0, 1.0);
+                w.busy = (finished.saturating_add(running) as f64 / 1e9 / secs).clamp(0.0, 1.0);
                 w.busy_base = busy_nanos;
             }
         }

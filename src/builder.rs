@@ -4,6 +4,7 @@
 use std::any::{Any, TypeId, type_name};
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
@@ -11,22 +12,40 @@ use crossbeam_channel::Receiver;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::message::{Response, WorkerId};
 use crate::orchestrator::Orchestrator;
-use crate::worker::JobContext;
+use crate::worker::{Forward, Handoff, JobContext};
 
 /// The default bound on queued requests.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// The default period of metrics snapshots.
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_millis(100);
 /// The largest accepted `workers`: beyond it `build` fails instead of exhausting threads.
-pub const MAX_WORKERS: usize = 1 << 16;
-/// The largest accepted `queue_capacity` and `response_capacity`: bounded channels allocate
-/// their slots up front.
-pub const MAX_QUEUE_CAPACITY: usize = 1 << 26;
+///
+/// Each worker is an OS thread: its stack is reserved up front (std's default is 2 MiB of
+/// address space, of which only the pages touched become memory) and it takes a few kernel
+/// memory mappings. Linux's default `vm.max_map_count` (65,530) runs out at about 16,000
+/// threads in one process, and a thread that cannot set up its guard page aborts the whole
+/// process, so the limit stays well below that, leaving room for several pools.
+pub const MAX_WORKERS: usize = 4096;
+/// The largest accepted `queue_capacity` and `response_capacity`. A bounded channel allocates
+/// its slots up front: about `capacity × (size_of::<Req>() + 48)` bytes for the queue (so
+/// 80 MiB for a 32-byte request at this limit), and the same order for the responses.
+pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
+/// The longest effective `metrics_interval`: a longer one (up to `Duration::MAX`) is accepted
+/// and acts as this, so that no deadline computed from it can overflow.
+pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The largest effective `timing_sample`: one job in about a million is timed at least.
+pub const MAX_TIMING_SAMPLE: usize = 1 << 20;
+/// The smallest accepted `stack_size`: below it a worker could overflow its stack in this
+/// crate's own code (a stack overflow aborts the process).
+pub const MIN_STACK_SIZE: usize = 64 * 1024;
 /// The default prefix of thread names.
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
 
 /// How requests are spread over the workers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// For per-key ordering, pass [`Distribution::by_key`] to
+/// [`Builder::distribution`] instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Distribution {
     /// One bounded MPMC queue that every worker receives from (the default). The first idle
@@ -41,24 +60,24 @@ pub enum Distribution {
     /// submit that finds its queue full scans the others, and the total capacity is split
     /// evenly, so one worker's queue holds at most `ceil(queue_capacity / workers)`.
     RoundRobin,
-    /// Requests with the same key always run on the same worker, in submit order — per-key
-    /// ordering, like a partitioned log. Make it with [`Distribution::by_key`].
+}
+
+impl Distribution {
+    /// Per-key queues: requests with the same key always run on the same worker, in submit
+    /// order — per-key ordering, like a partitioned log. Pass the result to
+    /// [`Builder::distribution`].
     ///
     /// One bounded queue per worker, `hash(key) % workers` picks it, and there is no
     /// stealing (it would break the order). The cost: a hot key loads one worker while the
     /// others idle, and a submit blocks (or `try_submit` reports `Full`) when *its* worker's
-    /// queue is full, whatever room the others have.
-    ByKey(KeyFn),
-}
-
-impl Distribution {
-    /// [`Distribution::ByKey`] with the key that `key` computes from each request.
+    /// queue is full, whatever room the others have. While a worker is down (its thread died
+    /// and its replacement is not running yet), its keys wait for it: see the crate docs'
+    /// Guarantees.
     ///
-    /// `Req` must be the orchestrator's request type; [`Builder::build`] checks it.
-    ///
-    /// The function is kept for the rest of the program, so that `Distribution` stays
-    /// `Copy`: a closure that captures nothing (the usual key function) costs nothing; one
-    /// that captures leaks its captures once per call of `by_key`.
+    /// `Req` must be the orchestrator's request type; [`Builder::build`] checks it. The key
+    /// function is owned by the pool and dropped with it (and with the builder, if it is
+    /// never built). It runs on the submitting thread: if it panics, the submit panics and
+    /// the request is dropped, nothing enqueued.
     ///
     /// # Examples
     ///
@@ -77,14 +96,14 @@ impl Distribution {
     /// assert_eq!(seen, (0..100).collect::<Vec<_>>());
     /// # Ok::<(), channel_orchestrator::BuildError>(())
     /// ```
-    pub fn by_key<Req, K, F>(key: F) -> Self
+    pub fn by_key<Req, K, F>(key: F) -> ByKey
     where
         Req: 'static,
         K: Hash,
         F: Fn(&Req) -> K + Send + Sync + 'static,
     {
-        Distribution::ByKey(KeyFn {
-            hash: Box::leak(Box::new(move |req: &dyn Any| {
+        ByKey {
+            hash: Arc::new(move |req: &dyn Any| {
                 // `build` checked that requests are `Req`.
                 let req = req
                     .downcast_ref::<Req>()
@@ -92,29 +111,25 @@ impl Distribution {
                 let mut h = DefaultHasher::new();
                 key(req).hash(&mut h);
                 h.finish()
-            })),
-            fn_type: TypeId::of::<F>(),
+            }),
             req_type: TypeId::of::<Req>(),
             req_name: type_name::<Req>(),
-        })
+        }
     }
 }
 
 type HashFn = dyn Fn(&dyn Any) -> u64 + Send + Sync;
 
-/// The key function of [`Distribution::ByKey`]: hashes a request's key. Opaque; made by
-/// [`Distribution::by_key`]. Two are equal when they are copies of one another, or both
-/// made from the same non-capturing function.
-#[derive(Clone, Copy)]
-pub struct KeyFn {
-    hash: &'static HashFn,
-    /// With the address, identifies the function (non-capturing closures share an address).
-    fn_type: TypeId,
+/// Per-key distribution, made by [`Distribution::by_key`] and passed to
+/// [`Builder::distribution`]. It owns the key function; clones share it.
+#[derive(Clone)]
+pub struct ByKey {
+    hash: Arc<HashFn>,
     req_type: TypeId,
     req_name: &'static str,
 }
 
-impl KeyFn {
+impl ByKey {
     /// The queue of `req` among `n`.
     pub(crate) fn queue<Req: 'static>(&self, req: &Req, n: usize) -> usize {
         ((self.hash)(req) % n as u64) as usize
@@ -132,19 +147,49 @@ impl KeyFn {
     }
 }
 
-impl fmt::Debug for KeyFn {
+impl fmt::Debug for ByKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyFn(&{})", self.req_name)
+        write!(f, "ByKey(&{})", self.req_name)
     }
 }
 
-impl PartialEq for KeyFn {
-    fn eq(&self, other: &Self) -> bool {
-        self.fn_type == other.fn_type && std::ptr::addr_eq(self.hash, other.hash)
+/// What [`Builder::distribution`] takes: a [`Distribution`] or a [`ByKey`]. Sealed.
+pub trait IntoDistribution: sealed::Sealed {
+    #[doc(hidden)]
+    fn into_spread(self) -> Spread;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Distribution {}
+    impl Sealed for super::ByKey {}
+}
+
+impl IntoDistribution for Distribution {
+    fn into_spread(self) -> Spread {
+        match self {
+            Distribution::Shared => Spread::Shared,
+            Distribution::RoundRobin => Spread::RoundRobin,
+        }
     }
 }
 
-impl Eq for KeyFn {}
+impl IntoDistribution for ByKey {
+    fn into_spread(self) -> Spread {
+        Spread::ByKey(self)
+    }
+}
+
+/// The distribution a builder was given. (`pub` only for the sealed [`IntoDistribution`].)
+#[doc(hidden)]
+#[allow(unreachable_pub)]
+#[derive(Debug, Clone, Default)]
+pub enum Spread {
+    #[default]
+    Shared,
+    RoundRobin,
+    ByKey(ByKey),
+}
 
 /// Configures and starts an [`Orchestrator`]. Create it with [`Orchestrator::builder`].
 ///
@@ -174,7 +219,7 @@ pub struct Builder {
     workers: Option<usize>,
     queue_capacity: Option<usize>,
     response_capacity: Option<usize>,
-    distribution: Distribution,
+    distribution: Spread,
     thread_name: Option<String>,
     metrics_interval: Option<Duration>,
     metrics: Option<bool>,
@@ -188,7 +233,7 @@ pub(crate) struct Config {
     pub(crate) workers: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) response_capacity: Option<usize>,
-    pub(crate) distribution: Distribution,
+    pub(crate) distribution: Spread,
     pub(crate) thread_name: String,
     pub(crate) metrics_interval: Duration,
     pub(crate) metrics: bool,
@@ -226,9 +271,10 @@ impl Builder {
         self
     }
 
-    /// How requests are spread over workers. Default: [`Distribution::Shared`].
-    pub fn distribution(mut self, d: Distribution) -> Self {
-        self.distribution = d;
+    /// How requests are spread over workers: a [`Distribution`], or per-key queues made by
+    /// [`Distribution::by_key`]. Default: [`Distribution::Shared`].
+    pub fn distribution(mut self, d: impl IntoDistribution) -> Self {
+        self.distribution = d.into_spread();
         self
     }
 
@@ -241,7 +287,8 @@ impl Builder {
     }
 
     /// The period of metrics snapshots, and the most by which counts may lag.
-    /// Default: 100 ms. Zero makes `build` fail.
+    /// Default: 100 ms. Zero makes `build` fail; anything longer than
+    /// [`MAX_METRICS_INTERVAL`] (one day), `Duration::MAX` included, acts as one day.
     pub fn metrics_interval(mut self, interval: Duration) -> Self {
         self.metrics_interval = Some(interval);
         self
@@ -262,13 +309,16 @@ impl Builder {
     /// of metrics on close to metrics off. Counts stay exact; the latency percentiles come
     /// from the timed jobs (`LatencySummary::count` counts those), the busy fractions are
     /// scaled up from them, and the `queue_time` / `handler_time` of an untimed job's
-    /// [`Response`] are zero. `0` makes `build` fail.
+    /// [`Response`] are zero. `0` makes `build` fail; anything above [`MAX_TIMING_SAMPLE`]
+    /// acts as that.
     pub fn timing_sample(mut self, n: usize) -> Self {
         self.timing_sample = Some(n);
         self
     }
 
-    /// The stack size of worker threads, in bytes. Default: std's default.
+    /// The stack size of worker threads, in bytes. Default: std's default (2 MiB). Below
+    /// [`MIN_STACK_SIZE`] makes `build` fail; a size the system cannot give fails `build`
+    /// with the spawn's I/O error.
     pub fn stack_size(mut self, bytes: usize) -> Self {
         self.stack_size = Some(bytes);
         self
@@ -299,12 +349,14 @@ impl Builder {
         if metrics_interval.is_zero() {
             return Err(BuildError::new(BuildErrorKind::ZeroMetricsInterval));
         }
+        let metrics_interval = metrics_interval.min(MAX_METRICS_INTERVAL);
         let timing_sample = match self.timing_sample.unwrap_or(1) {
             0 => return Err(BuildError::new(BuildErrorKind::ZeroTimingSample)),
-            n => n
-                .checked_next_power_of_two()
-                .unwrap_or(1 << (usize::BITS - 1)),
+            n => n.min(MAX_TIMING_SAMPLE).next_power_of_two(),
         };
+        if self.stack_size.is_some_and(|b| b < MIN_STACK_SIZE) {
+            return Err(BuildError::new(BuildErrorKind::StackSize));
+        }
         let thread_name = self
             .thread_name
             .unwrap_or_else(|| DEFAULT_THREAD_NAME.to_owned());
@@ -335,9 +387,10 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// A [`BuildError`] when `workers`, `queue_capacity` or `metrics_interval` is zero,
-    /// `workers` or `queue_capacity` is above its maximum, the thread name is empty or holds a
-    /// NUL byte, or a thread could not be spawned. No thread is left running.
+    /// A [`BuildError`] when `workers`, `queue_capacity`, `metrics_interval` or
+    /// `timing_sample` is zero, `workers`, `queue_capacity` or `response_capacity` is above
+    /// its maximum, `stack_size` is below its minimum, the thread name is empty or holds a NUL
+    /// byte, or a thread could not be spawned. No thread is left running.
     #[allow(clippy::type_complexity)] // the pair is the API; an alias would hide it in docs
     pub fn build<Req, Resp, F>(
         self,
@@ -440,9 +493,26 @@ impl Builder {
         H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
     {
         let config = self.config()?;
-        if let Distribution::ByKey(key) = &config.distribution {
+        if let Spread::ByKey(key) = &config.distribution {
             key.check::<Req>()?;
         }
-        Orchestrator::start(config, init, handler)
+        Orchestrator::start(config, init, handler, None)
+    }
+
+    /// Starts a pipeline stage: its handler returns the hand-off to the next stage, which
+    /// its workers run instead of sending a response.
+    pub(crate) fn build_stage<Req, H>(
+        self,
+        handler: H,
+    ) -> Result<Orchestrator<Req, Handoff>, BuildError>
+    where
+        Req: Send + 'static,
+        H: Fn(&mut (), &JobContext, Req) -> Handoff + Send + Sync + 'static,
+    {
+        let config = self.config()?;
+        let identity: Forward<Handoff> = |handoff| handoff;
+        let (orch, _nothing_is_sent_here) =
+            Orchestrator::start(config, |_| (), handler, Some(identity))?;
+        Ok(orch)
     }
 }

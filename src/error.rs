@@ -11,7 +11,7 @@ use std::io;
 /// Why a job ran but did not produce a response value.
 ///
 /// Carried in [`Response::outcome`](crate::Response::outcome) and in
-/// [`CallError::Panicked`].
+/// [`CallError::Failed`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum JobError {
@@ -124,17 +124,20 @@ pub enum CallError<T> {
     /// The request was accepted but a shutdown (`shutdown_now`, or `shutdown_timeout` past its
     /// deadline) took it out of the queue before any worker started it.
     Cancelled(T),
-    /// The request ran and did not produce a value (its handler panicked).
-    Panicked(JobError),
+    /// The request was taken and did not produce a value: its handler panicked
+    /// ([`JobError::Panicked`]), its deadline had passed ([`JobError::DeadlineExceeded`]), or
+    /// its worker thread died outside the handler ([`JobError::WorkerDied`]). The request was
+    /// consumed.
+    Failed(JobError),
 }
 
 impl<T> CallError<T> {
     /// Returns the request if this error holds it (`ShutDown` and `Cancelled`), `None` for
-    /// `Panicked` (the handler consumed it).
+    /// `Failed` (the job consumed it).
     pub fn into_inner(self) -> Option<T> {
         match self {
             CallError::ShutDown(t) | CallError::Cancelled(t) => Some(t),
-            CallError::Panicked(_) => None,
+            CallError::Failed(_) => None,
         }
     }
 }
@@ -160,7 +163,7 @@ impl<T> fmt::Debug for CallError<T> {
         match self {
             CallError::ShutDown(_) => f.write_str("ShutDown(..)"),
             CallError::Cancelled(_) => f.write_str("Cancelled(..)"),
-            CallError::Panicked(e) => f.debug_tuple("Panicked").field(e).finish(),
+            CallError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
         }
     }
 }
@@ -198,7 +201,7 @@ impl<T> fmt::Display for CallError<T> {
             CallError::Cancelled(_) => {
                 f.write_str("request was cancelled by shutdown before it started")
             }
-            CallError::Panicked(e) => fmt::Display::fmt(e, f),
+            CallError::Failed(e) => fmt::Display::fmt(e, f),
         }
     }
 }
@@ -209,7 +212,7 @@ impl<T> Error for SubmitTimeoutError<T> {}
 impl<T> Error for CallError<T> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            CallError::Panicked(e) => Some(e),
+            CallError::Failed(e) => Some(e),
             _ => None,
         }
     }
@@ -236,6 +239,7 @@ pub(crate) enum BuildErrorKind {
     TooManyWorkers,
     QueueTooLarge,
     ResponsesTooLarge,
+    StackSize,
     Spawn {
         thread: String,
         source: io::Error,
@@ -291,6 +295,11 @@ impl fmt::Display for BuildError {
                 f,
                 "invalid configuration: queue_capacity must be at most {}",
                 crate::builder::MAX_QUEUE_CAPACITY
+            ),
+            BuildErrorKind::StackSize => write!(
+                f,
+                "invalid configuration: stack_size must be at least {} bytes",
+                crate::builder::MIN_STACK_SIZE
             ),
             BuildErrorKind::Spawn { thread, source } => {
                 write!(f, "failed to spawn thread {thread:?}: {source}")

@@ -249,8 +249,9 @@ mod worker;
 pub use crossbeam_channel;
 
 pub use crate::builder::{
-    Builder, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, Distribution,
-    KeyFn, MAX_QUEUE_CAPACITY, MAX_WORKERS,
+    Builder, ByKey, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
+    Distribution, IntoDistribution, MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE,
+    MAX_WORKERS, MIN_STACK_SIZE,
 };
 pub use crate::error::{
     BuildError, CallError, JobError, SubmitError, SubmitTimeoutError, TrySubmitError,

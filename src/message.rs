@@ -123,8 +123,11 @@ impl<Req, Resp> Reply<Req, Resp> {
             result: Err(CallError::Cancelled(req)),
             back: back.clone(),
         };
-        // The caller waits in `recv` until it gets exactly one reply; it cannot be gone.
-        let _ = back.send(reply);
+        // The caller waits in `recv` until it gets exactly one reply; it cannot be gone. Were
+        // it gone, the request is dropped where its `Drop` cannot take this thread down.
+        if let Err(lost) = back.send(reply) {
+            crate::worker::drop_quietly(lost);
+        }
     }
 }
 
@@ -170,6 +173,9 @@ pub(crate) struct StatsDelta {
     /// Worker-local, never merged: whether the last report that went out said `busy`, so an
     /// idle worker knows it still owes an "idle" report.
     pub(crate) reported_busy: bool,
+    /// Counts only: `busy` and `running_since` say nothing (a job run inline for a
+    /// re-entrant caller, while the worker's own job still runs).
+    pub(crate) counts_only: bool,
 }
 
 impl StatsDelta {
@@ -236,7 +242,13 @@ pub(crate) enum Control {
 /// Orchestrator → supervisor.
 pub(crate) enum Shutdown {
     /// Run everything queued (`shutdown`), or until the deadline (`shutdown_timeout`).
-    Drain { deadline: Option<Instant> },
+    /// `give_up`: past the deadline, also stop waiting for response space (responses then
+    /// count as undelivered). Pipeline stages pass `false`: their responses are requests
+    /// of the next stage, and must never be dropped.
+    Drain {
+        deadline: Option<Instant>,
+        give_up: bool,
+    },
     /// Start nothing more (`shutdown_now`).
     Now,
 }

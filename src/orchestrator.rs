@@ -28,7 +28,7 @@ use crossbeam_channel::{
 };
 
 use crate::broadcast::{Broadcaster, Counters};
-use crate::builder::{Builder, Config, Distribution, KeyFn};
+use crate::builder::{Builder, ByKey, Config, Spread};
 use crate::error::{
     BuildError, BuildErrorKind, CallError, JobError, SubmitError, SubmitTimeoutError,
     TrySubmitError,
@@ -37,7 +37,7 @@ use crate::message::{Control, Job, Reply, RequestId, Response, Route, Shutdown, 
 use crate::metrics::{MetricsEvent, MetricsSnapshot, ShutdownSummary};
 use crate::process::{Feeder, Process, ProcessOrdered};
 use crate::supervisor::{Outcome, SpawnWorker, Supervisor};
-use crate::worker::{JobContext, Never, Worker};
+use crate::worker::{self, Forward, Inline, JobContext, Never, Worker};
 
 /// The largest buffer a subscription gets; larger requests are clamped to it.
 pub const MAX_SUBSCRIBER_CAPACITY: usize = 1 << 20;
@@ -54,8 +54,8 @@ type ReplyPool<Req, Resp> = (Sender<ReplyPair<Req, Resp>>, Receiver<ReplyPair<Re
 /// The queue senders; dropped (closing the queues) when the last strong `Arc` goes.
 pub(crate) struct Intake<Req, Resp> {
     pub(crate) queues: Vec<Sender<Job<Req, Resp>>>,
-    /// `Distribution::ByKey`: picks the one queue a request may go to.
-    key: Option<KeyFn>,
+    /// Per-key distribution: picks the one queue a request may go to.
+    key: Option<ByKey>,
 }
 
 /// What every submitting handle shares.
@@ -80,6 +80,42 @@ struct Shared<Req, Resp> {
     time_mask: Option<u64>,
     /// Idle reply channels for `call`.
     replies: ReplyPool<Req, Resp>,
+    /// This pool's id, unique in the process: how a worker thread recognises a handler that
+    /// calls back into its own pool.
+    pool: u64,
+    /// The number of workers.
+    workers: usize,
+    /// Workers of this pool blocked in a re-entrant `call` or `submit` into it. Touched only
+    /// by re-entrant waits (never on the ordinary path), with `SeqCst` read-modify-writes: a
+    /// worker that would make it reach `workers` runs the request inline instead of waiting,
+    /// so at least one worker is always free to serve the queue and re-entrancy cannot
+    /// exhaust the pool.
+    reentrant: AtomicUsize,
+}
+
+/// Process-wide source of pool ids; one `fetch_add` per `build`.
+static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a re-entrant caller may wait or must run its request inline.
+enum Reentry<'a, Req, Resp> {
+    /// Not a worker of this pool, or another worker is free: wait as usual (the guard, if
+    /// any, counts this worker as blocked until it is dropped).
+    Wait(Option<WaitGuard<'a>>),
+    /// Waiting would leave no worker free: run it here.
+    Inline(std::rc::Rc<Inline<Req, Resp>>),
+}
+
+/// A `call` under way: the reply's receiver, and for a worker of this pool the guard that
+/// counts it as blocked until the answer arrives.
+type Begun<'a, Req, Resp> = (Receiver<Reply<Req, Resp>>, Option<WaitGuard<'a>>);
+
+/// Counts one worker as blocked in a re-entrant wait while it lives.
+struct WaitGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One submitting handle: the shared part, plus a private round-robin cursor.
@@ -313,12 +349,32 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         Err((Refusal::Full, job, first))
     }
 
+    /// Whether this thread, a worker of this pool, may block on it (counting itself as
+    /// blocked), or must run its request inline because every other worker is blocked too.
+    fn reentry(&self) -> Reentry<'_, Req, Resp> {
+        let Some(inline) = worker::reentrant::<Req, Resp>(self.shared.pool) else {
+            return Reentry::Wait(None);
+        };
+        let waits = &self.shared.reentrant;
+        if waits.fetch_add(1, Ordering::SeqCst) + 1 < self.shared.workers {
+            Reentry::Wait(Some(WaitGuard(waits)))
+        } else {
+            waits.fetch_sub(1, Ordering::SeqCst);
+            Reentry::Inline(inline)
+        }
+    }
+
     /// Puts a job on a queue, waiting as `wait` says. On refusal the job comes back.
+    ///
+    /// `may_inline`: a worker of this pool about to wait forever for space runs the job
+    /// inline instead if no other worker is free (a caller that already counted itself as
+    /// blocked passes `false`).
     fn enqueue(
         &self,
         intake: Option<&Intake<Req, Resp>>,
         job: Job<Req, Resp>,
         wait: Wait,
+        may_inline: bool,
     ) -> Result<RequestId, (Refusal, Job<Req, Resp>)> {
         let Some(intake) = intake else {
             return Err((Refusal::ShutDown, job));
@@ -336,6 +392,16 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             Wait::No => return Err((Refusal::Full, job)),
             Wait::Forever => None,
             Wait::Until(at) => Some(at),
+        };
+        // A worker of this pool waiting for space in its own queue: only while another
+        // worker is free to make that space (a timed wait ends by itself).
+        let _blocked = match (may_inline && deadline.is_none()).then(|| self.reentry()) {
+            Some(Reentry::Inline(inline)) => {
+                inline.run(job);
+                return Ok(id);
+            }
+            Some(Reentry::Wait(guard)) => guard,
+            None => None,
         };
         // A blocking `select` parks this thread at once, and then every worker `recv` must
         // take the queue's waker lock and unpark it: a futex round trip per job while the
@@ -408,7 +474,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         deadline: Option<Instant>,
     ) -> Result<RequestId, SubmitError<Req>> {
         let job = self.job(req, deadline, Route::Stream);
-        self.enqueue(intake, job, Wait::Forever)
+        self.enqueue(intake, job, Wait::Forever, true)
             .map_err(|(_, job)| {
                 self.rejected();
                 SubmitError::ShutDown(job.req)
@@ -421,13 +487,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         req: Req,
     ) -> Result<RequestId, TrySubmitError<Req>> {
         let job = self.job(req, None, Route::Stream);
-        self.enqueue(intake, job, Wait::No).map_err(|(why, job)| {
-            self.rejected();
-            match why {
-                Refusal::Full | Refusal::Timeout => TrySubmitError::Full(job.req),
-                Refusal::ShutDown => TrySubmitError::ShutDown(job.req),
-            }
-        })
+        self.enqueue(intake, job, Wait::No, false)
+            .map_err(|(why, job)| {
+                self.rejected();
+                match why {
+                    Refusal::Full | Refusal::Timeout => TrySubmitError::Full(job.req),
+                    Refusal::ShutDown => TrySubmitError::ShutDown(job.req),
+                }
+            })
     }
 
     fn submit_timeout(
@@ -441,26 +508,42 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             None => Wait::Forever,
         };
         let job = self.job(req, None, Route::Stream);
-        self.enqueue(intake, job, wait).map_err(|(why, job)| {
-            self.rejected();
-            match why {
-                Refusal::Full | Refusal::Timeout => SubmitTimeoutError::Timeout(job.req),
-                Refusal::ShutDown => SubmitTimeoutError::ShutDown(job.req),
-            }
-        })
+        self.enqueue(intake, job, wait, false)
+            .map_err(|(why, job)| {
+                self.rejected();
+                match why {
+                    Refusal::Full | Refusal::Timeout => SubmitTimeoutError::Timeout(job.req),
+                    Refusal::ShutDown => SubmitTimeoutError::ShutDown(job.req),
+                }
+            })
     }
 
-    /// The first half of a `call`: enqueue with a pooled reply channel, return its receiver.
+    /// The first half of a `call`: enqueue with a pooled reply channel (or, re-entrant with
+    /// no worker free, run it inline), return the reply's receiver and, for a worker of this
+    /// pool, the guard that counts it as blocked until the answer arrives.
     fn call_begin(
         &self,
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
-    ) -> Result<Receiver<Reply<Req, Resp>>, CallError<Req>> {
+    ) -> Result<Begun<'_, Req, Resp>, CallError<Req>> {
         let pool = &self.shared.replies;
+        let guard = match self.reentry() {
+            Reentry::Wait(guard) => guard,
+            Reentry::Inline(inline) => {
+                if intake.is_none() || self.shared.closing.load(Ordering::Relaxed) {
+                    self.rejected();
+                    return Err(CallError::ShutDown(req));
+                }
+                let (tx, rx) = pool.1.try_recv().unwrap_or_else(|_| bounded(1));
+                inline.run(self.job(req, None, Route::Call(tx)));
+                return Ok((rx, None));
+            }
+        };
         let (tx, rx) = pool.1.try_recv().unwrap_or_else(|_| bounded(1));
         let job = self.job(req, None, Route::Call(tx));
-        match self.enqueue(intake, job, Wait::Forever) {
-            Ok(_) => Ok(rx),
+        let may_inline = guard.is_none();
+        match self.enqueue(intake, job, Wait::Forever, may_inline) {
+            Ok(_) => Ok((rx, guard)),
             Err((_, job)) => {
                 self.rejected();
                 if let Route::Call(tx) = job.route {
@@ -481,7 +564,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
                 result
             }
             // The job was dropped unanswered: its worker thread died outside the handler.
-            Err(_) => Err(CallError::Panicked(JobError::WorkerDied)),
+            Err(_) => Err(CallError::Failed(JobError::WorkerDied)),
         }
     }
 }
@@ -660,7 +743,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// - `CallError::ShutDown(req)`: the orchestrator is shutting down; not accepted.
     /// - `CallError::Cancelled(req)`: accepted, but `shutdown_now` (or an expired
     ///   `shutdown_timeout`) took it off the queue before it started.
-    /// - `CallError::Panicked(JobError::Panicked(msg))`: the handler panicked.
+    /// - `CallError::Failed(JobError::Panicked(msg))`: the handler panicked.
     ///
     /// # Examples
     ///
@@ -673,14 +756,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// })?;
     /// assert_eq!(orch.call(5), Ok(20));
     /// match orch.call(0) {
-    ///     Err(CallError::Panicked(JobError::Panicked(msg))) => assert!(msg.contains("zero")),
+    ///     Err(CallError::Failed(JobError::Panicked(msg))) => assert!(msg.contains("zero")),
     ///     other => panic!("unexpected {other:?}"),
     /// }
     /// assert_eq!(orch.call(50), Ok(2)); // the worker survived
     /// # Ok::<(), channel_orchestrator::BuildError>(())
     /// ```
     pub fn call(&self, req: Req) -> Result<Resp, CallError<Req>> {
-        let rx = self.handle.call_begin(self.intake(), req)?;
+        let (rx, _blocked) = self.handle.call_begin(self.intake(), req)?;
         self.handle.call_wait(rx)
     }
 
@@ -748,7 +831,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     ///
     /// Only if an internal thread panicked, which would be a bug in this crate.
     pub fn shutdown(mut self) -> ShutdownReport<Req> {
-        self.stop(Shutdown::Drain { deadline: None })
+        self.stop(Shutdown::Drain {
+            deadline: None,
+            give_up: true,
+        })
     }
 
     /// As [`shutdown`](Self::shutdown) until `timeout`, then as
@@ -760,7 +846,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// Only if an internal thread panicked, which would be a bug in this crate.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> ShutdownReport<Req> {
         let deadline = Instant::now().checked_add(timeout);
-        self.stop(Shutdown::Drain { deadline })
+        self.stop(Shutdown::Drain {
+            deadline,
+            give_up: true,
+        })
     }
 
     /// Closes intake; running jobs finish, queued ones are not started: stream requests come
@@ -792,7 +881,29 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         self.stop(Shutdown::Now)
     }
 
+    /// A pipeline stage's shutdown: drain, and past `deadline` start nothing more, but never
+    /// give up on delivering what already ran.
+    pub(crate) fn shutdown_stage(mut self, deadline: Option<Instant>) -> ShutdownReport<Req> {
+        self.stop(Shutdown::Drain {
+            deadline,
+            give_up: false,
+        })
+    }
+
+    /// This pool's process-wide id.
+    pub(crate) fn pool_id(&self) -> u64 {
+        self.handle.shared.pool
+    }
+
     fn stop(&mut self, mode: Shutdown) -> ShutdownReport<Req> {
+        // Waiting for every worker from inside one of them would wait forever. Refuse before
+        // anything is taken: unwinding drops `self`, and `Drop` shuts the pool down without
+        // waiting for itself.
+        assert!(
+            !worker::is_worker_of(self.handle.shared.pool),
+            "shutdown called from a handler of this same orchestrator would wait for itself \
+             forever; drop the orchestrator there instead, or shut it down from another thread"
+        );
         let started = Instant::now();
         let Running {
             intake,
@@ -807,7 +918,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         // nothing more from this moment, not from the supervisor's first timer tick.
         let now = match mode {
             Shutdown::Now => true,
-            Shutdown::Drain { deadline } => deadline.is_some_and(|d| d <= Instant::now()),
+            Shutdown::Drain { deadline, .. } => deadline.is_some_and(|d| d <= Instant::now()),
         };
         if now {
             stop.store(true, Ordering::Relaxed);
@@ -840,6 +951,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         cfg: Config,
         init: I,
         handler: H,
+        forward: Option<Forward<Resp>>,
     ) -> Result<(Self, Receiver<Response<Resp>>), BuildError>
     where
         S: 'static,
@@ -848,7 +960,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     {
         let n = cfg.workers;
         let (senders, receivers): (Vec<_>, Vec<_>) = match cfg.distribution {
-            Distribution::RoundRobin | Distribution::ByKey(_) if n > 1 => (0..n)
+            Spread::RoundRobin | Spread::ByKey(_) if n > 1 => (0..n)
                 .map(|i| bounded(cfg.queue_capacity / n + usize::from(i < cfg.queue_capacity % n)))
                 .unzip(),
             _ => std::iter::once(bounded(cfg.queue_capacity)).unzip(),
@@ -865,9 +977,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         let stop = Arc::new(AtomicBool::new(false));
         let flush_every = cfg.metrics.then(|| cfg.metrics_interval / 2);
         let (init, handler) = (Arc::new(init), Arc::new(handler));
+        let pool = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
 
         let key = match &cfg.distribution {
-            Distribution::ByKey(key) if n > 1 => Some(*key),
+            Spread::ByKey(key) if n > 1 => Some(key.clone()),
             _ => None,
         };
         let steal = key.is_none();
@@ -889,7 +1002,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
                     queues.truncate(1);
                 }
                 let worker = Worker {
+                    pool,
                     id: i,
+                    inline: false,
                     queues,
                     responses: resp_tx.clone(),
                     status: status_tx.clone(),
@@ -897,6 +1012,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
                     stop: Arc::clone(&stop),
                     abort: abort_rx.clone(),
                     flush_every,
+                    forward,
                     init: Arc::clone(&init),
                     handler: Arc::clone(&handler),
                 };
@@ -981,6 +1097,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             stop: Arc::clone(&stop),
             abort: Some(abort_tx),
             shutting_down: false,
+            keep_delivering: false,
         };
         // If this spawn fails, the closure (and the supervisor's state in it) is dropped:
         // then queues close, the workers exit, and the broadcaster sees its inbox close.
@@ -1015,6 +1132,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
             counters,
             time_mask: cfg.metrics.then(|| cfg.timing_sample as u64 - 1),
             replies: bounded(REPLY_POOL),
+            pool,
+            workers: n,
+            reentrant: AtomicUsize::new(0),
         });
         let orch = Orchestrator {
             handle: Handle {
@@ -1046,9 +1166,12 @@ fn spawn_named<T: Send + 'static>(
 
 impl<Req, Resp> Drop for Orchestrator<Req, Resp> {
     /// The same as [`shutdown`](Orchestrator::shutdown), discarding the report.
+    ///
+    /// Dropped inside one of its own handlers, it cannot wait for its workers (one of them is
+    /// the caller): it starts the same graceful shutdown and returns at once; the pool's
+    /// threads finish the queued work, then exit by themselves.
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
-            // Same steps as `stop`, without the generic bounds `stop` needs.
             let Running {
                 intake,
                 closed,
@@ -1058,10 +1181,18 @@ impl<Req, Resp> Drop for Orchestrator<Req, Resp> {
                 broadcaster,
                 ..
             } = running;
+            // The first steps of `stop`, without the generic bounds `stop` needs.
             self.handle.shared.closing.store(true, Ordering::Release);
             drop(closed);
             drop(intake);
-            let _ = supervisor_ctl.send(Shutdown::Drain { deadline: None });
+            let _ = supervisor_ctl.send(Shutdown::Drain {
+                deadline: None,
+                give_up: true,
+            });
+            if worker::is_worker_of(self.handle.shared.pool) {
+                // Detached: the supervisor and the metrics thread end once the workers do.
+                return;
+            }
             let _ = supervisor.join();
             drop(broadcast_ctl);
             let _ = broadcaster.join();
@@ -1110,10 +1241,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Submitter<Req, Resp> {
     ///
     /// # Errors
     ///
-    /// As [`Orchestrator::call`]: `ShutDown(req)`, `Cancelled(req)` or `Panicked(JobError)`.
+    /// As [`Orchestrator::call`]: `ShutDown(req)`, `Cancelled(req)` or `Failed(JobError)`.
     pub fn call(&self, req: Req) -> Result<Resp, CallError<Req>> {
         // The intake is held only while enqueueing, not while waiting for the answer.
-        let rx = {
+        let (rx, _blocked) = {
             let intake = self.handle.shared.intake.upgrade();
             self.handle.call_begin(intake.as_deref(), req)?
         };

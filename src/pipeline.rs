@@ -26,18 +26,20 @@ use std::panic::{self, AssertUnwindSafe};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, at, bounded, never, select, unbounded};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, at, bounded, never, select, unbounded};
 
 use crate::builder::{DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME};
 use crate::error::{
     BuildError, BuildErrorKind, CallError, JobError, SubmitError, SubmitTimeoutError,
     TrySubmitError,
 };
-use crate::message::{Job, RequestId, Response, Route, WorkerId, panic_message};
+use crate::message::{Job, RequestId, Response, Route, WorkerId};
 use crate::metrics::MetricsSnapshot;
 use crate::orchestrator::{Handle, Orchestrator, ShutdownReport, Submitter};
 use crate::process::{Feeder, Ordered, Tag};
-use crate::worker::JobContext;
+use crate::worker::{Handoff, JobContext, drop_quietly};
 
 /// A request on its way through the stages: `T` is the value so far.
 ///
@@ -64,17 +66,48 @@ enum PipeRoute<In, Out> {
 /// Where a stage puts what it produced. (`pub` for the sealed [`Chain`], like [`Env`].)
 #[allow(unreachable_pub, missing_debug_implementations)]
 pub enum Sink<T, In, Out> {
-    Next(Submitter<Env<T, In, Out>, ()>),
+    Next(Submitter<Env<T, In, Out>, Handoff>),
     Collect(Sender<Env<T, In, Out>>),
 }
 
 impl<T: Send + 'static, In: Send + 'static, Out: Send + 'static> Sink<T, In, Out> {
+    /// Hands `env` on without blocking, or gives it back when the next queue is full.
+    fn try_put(&self, env: Env<T, In, Out>) -> Result<(), Env<T, In, Out>> {
+        match self {
+            Sink::Next(next) => match next.try_submit(env) {
+                Ok(_) => Ok(()),
+                Err(TrySubmitError::Full(env)) => Err(env),
+                // The next stage shuts down only after this one drained, so it is open.
+                Err(TrySubmitError::ShutDown(env)) => {
+                    drop_quietly(env);
+                    Ok(())
+                }
+            },
+            Sink::Collect(tx) => match tx.try_send(env) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(env)) => Err(env),
+                // The collector runs until every stage is down.
+                Err(TrySendError::Disconnected(env)) => {
+                    drop_quietly(env);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Hands `env` on, waiting for space (back-pressure from the stages after this one).
     fn put(&self, env: Env<T, In, Out>) {
         match self {
-            // The next stage shuts down only after this one drained, so it is open.
-            Sink::Next(next) => drop(next.submit(env)),
-            // The collector runs until every stage is down.
-            Sink::Collect(tx) => drop(tx.send(env)),
+            Sink::Next(next) => {
+                if let Err(e) = next.submit(env) {
+                    drop_quietly(e.into_inner());
+                }
+            }
+            Sink::Collect(tx) => {
+                if let Err(e) = tx.send(env) {
+                    drop_quietly(e.into_inner());
+                }
+            }
         }
     }
 }
@@ -94,12 +127,13 @@ pub struct Options {
 #[allow(unreachable_pub, missing_debug_implementations)]
 pub trait StageControl: Send + Sync {
     fn metrics(&self) -> MetricsSnapshot;
+    fn pool_id(&self) -> u64;
     /// Drains (or, past `deadline`, cancels) and joins the stage.
     fn shutdown(self: Box<Self>, deadline: Option<Instant>);
 }
 
 struct LaterStage<T, In, Out> {
-    orch: Orchestrator<Env<T, In, Out>, ()>,
+    orch: Orchestrator<Env<T, In, Out>, Handoff>,
     collector: Sender<Env<Out, In, Out>>,
 }
 
@@ -110,13 +144,13 @@ impl<T: Send + 'static, In: Send + 'static, Out: Send + 'static> StageControl
         self.orch.metrics()
     }
 
+    fn pool_id(&self) -> u64 {
+        self.orch.pool_id()
+    }
+
     fn shutdown(self: Box<Self>, deadline: Option<Instant>) {
-        let report = match deadline {
-            None => self.orch.shutdown(),
-            Some(at) => self
-                .orch
-                .shutdown_timeout(at.saturating_duration_since(Instant::now())),
-        };
+        // Never gives up on a hand-off: what a stage produced is a request of the next.
+        let report = self.orch.shutdown_stage(deadline);
         for (_, env) in report.unstarted {
             let Env {
                 id,
@@ -140,7 +174,7 @@ impl<T: Send + 'static, In: Send + 'static, Out: Send + 'static> StageControl
 /// What building a chain of stages produces: the typed first stage and the rest.
 #[allow(unreachable_pub, missing_debug_implementations)]
 pub struct Built<In, Out> {
-    first: Orchestrator<Env<In, In, Out>, ()>,
+    first: Orchestrator<Env<In, In, Out>, Handoff>,
     rest: Vec<Box<dyn StageControl>>,
 }
 
@@ -180,14 +214,15 @@ pub struct Then<C, F, A, B> {
     _types: PhantomData<fn(A) -> B>,
 }
 
-/// Starts one stage: an orchestrator over envelopes whose handler applies `f`.
+/// Starts one stage: an orchestrator over envelopes whose handler applies `f` and hands the
+/// result on. A panic in `f` becomes the envelope's error, which later stages pass along.
 fn start_stage<A, B, In, Out, F>(
     opts: &Options,
     index: usize,
     workers: usize,
     f: F,
     sink: Sink<B, In, Out>,
-) -> Result<Orchestrator<Env<A, In, Out>, ()>, BuildError>
+) -> Result<Orchestrator<Env<A, In, Out>, Handoff>, BuildError>
 where
     A: Send + 'static,
     B: Send + 'static,
@@ -203,9 +238,9 @@ where
     if let Some(interval) = opts.metrics_interval {
         b = b.metrics_interval(interval);
     }
-    let (orch, _unused) = b.build_with_context(
-        |_| (),
-        move |_: &mut (), ctx: &JobContext, env: Env<A, In, Out>| {
+    let sink = Arc::new(sink);
+    b.build_stage(
+        move |_: &mut (), ctx: &JobContext, env: Env<A, In, Out>| -> Handoff {
             let Env {
                 id,
                 value,
@@ -213,28 +248,28 @@ where
                 submitted,
                 ..
             } = env;
-            let mut payload = None;
             let value = value.and_then(|x| {
-                panic::catch_unwind(AssertUnwindSafe(|| f(x))).map_err(|p| {
-                    let message = panic_message(&*p);
-                    payload = Some(p);
-                    JobError::Panicked(message)
-                })
+                panic::catch_unwind(AssertUnwindSafe(|| f(x)))
+                    .map_err(|p| JobError::Panicked(crate::worker::message_of(p)))
             });
-            sink.put(Env {
+            let env = Env {
                 id,
                 value,
                 route,
                 submitted,
                 worker: ctx.worker(),
-            });
-            if let Some(p) = payload {
-                // Let this stage's orchestrator count it and report it.
-                panic::resume_unwind(p);
+            };
+            // The hand-off runs after the stage's function, outside its timing: a blocking
+            // one runs once the worker reported itself not busy.
+            match sink.try_put(env) {
+                Ok(()) => None,
+                Err(env) => {
+                    let sink = Arc::clone(&sink);
+                    Some(Box::new(move || sink.put(env)))
+                }
             }
         },
-    )?;
-    Ok(orch)
+    )
 }
 
 impl<F, A, B> Chain<A, B> for First<F, A, B>
@@ -409,6 +444,9 @@ where
             inbox: env_rx,
             control: ctl_rx,
             responses: resp_tx,
+            totals: Totals::default(),
+            deadline: None,
+            listening: true,
         };
         let name = format!("{}-collector", opts.thread_name);
         let collector = match thread::Builder::new()
@@ -427,7 +465,10 @@ where
                 }));
             }
         };
+        let mut stage_pools = vec![first.pool_id()];
+        stage_pools.extend(rest.iter().map(|s| s.pool_id()));
         let pipeline = Pipeline {
+            stage_pools,
             window: first.window(),
             first: Some(first),
             rest,
@@ -458,30 +499,41 @@ struct Collector<In, Out> {
     inbox: Receiver<Env<Out, In, Out>>,
     control: Receiver<CollectorControl>,
     responses: Sender<Response<Out>>,
+    totals: Totals,
+    /// A `shutdown_timeout`'s deadline: past it, a full response channel is given up on.
+    deadline: Option<Instant>,
+    /// Whether the control channel is still open.
+    listening: bool,
 }
 
 impl<In: Send + 'static, Out: Send + 'static> Collector<In, Out> {
-    fn run(self) -> Totals {
-        let mut totals = Totals::default();
-        let mut control = self.control.clone();
-        let mut give_up = never();
+    fn run(mut self) -> Totals {
         loop {
+            let control = if self.listening {
+                self.control.clone()
+            } else {
+                never()
+            };
             select! {
                 recv(self.inbox) -> env => match env {
-                    Ok(env) => self.deliver(env, &mut totals, &give_up),
+                    Ok(env) => self.deliver(env),
                     // Every stage is down.
-                    Err(_) => return totals,
+                    Err(_) => return self.totals,
                 },
-                recv(control) -> msg => match msg {
-                    Ok(CollectorControl::Deadline(deadline)) => give_up = at(deadline),
-                    Ok(CollectorControl::Totals(reply)) => drop(reply.send(totals)),
-                    Err(_) => control = never(),
-                },
+                recv(control) -> msg => self.on_control(msg),
             }
         }
     }
 
-    fn deliver(&self, env: Env<Out, In, Out>, totals: &mut Totals, give_up: &Receiver<Instant>) {
+    fn on_control(&mut self, msg: Result<CollectorControl, crossbeam_channel::RecvError>) {
+        match msg {
+            Ok(CollectorControl::Deadline(deadline)) => self.deadline = Some(deadline),
+            Ok(CollectorControl::Totals(reply)) => drop(reply.send(self.totals)),
+            Err(_) => self.listening = false,
+        }
+    }
+
+    fn deliver(&mut self, env: Env<Out, In, Out>) {
         let Env {
             id,
             value,
@@ -490,9 +542,9 @@ impl<In: Send + 'static, Out: Send + 'static> Collector<In, Out> {
             worker,
         } = env;
         if value.is_ok() {
-            totals.completed += 1;
+            self.totals.completed += 1;
         } else {
-            totals.failed += 1;
+            self.totals.failed += 1;
         }
         let response = |outcome| Response {
             id,
@@ -502,22 +554,62 @@ impl<In: Send + 'static, Out: Send + 'static> Collector<In, Out> {
             handler_time: submitted.map(|t| t.elapsed()).unwrap_or_default(),
         };
         let delivered = match route {
-            PipeRoute::Stream => {
-                let r = response(value);
-                match self.responses.try_send(r) {
-                    Ok(()) => true,
-                    Err(crossbeam_channel::TrySendError::Disconnected(_)) => false,
-                    Err(crossbeam_channel::TrySendError::Full(r)) => select! {
-                        send(self.responses, r) -> sent => sent.is_ok(),
-                        recv(give_up) -> _ => false,
-                    },
+            PipeRoute::Stream => match self.responses.try_send(response(value)) {
+                Ok(()) => true,
+                Err(TrySendError::Disconnected(r)) => {
+                    drop_quietly(r);
+                    false
                 }
-            }
-            PipeRoute::Call(reply) => reply.send(value.map_err(CallError::Panicked)).is_ok(),
-            PipeRoute::Process((tx, seq)) => tx.send((seq, response(value))).is_ok(),
+                Err(TrySendError::Full(r)) => self.wait_for_space(r),
+            },
+            PipeRoute::Call(reply) => match reply.send(value.map_err(CallError::Failed)) {
+                Ok(()) => true,
+                Err(lost) => {
+                    drop_quietly(lost);
+                    false
+                }
+            },
+            PipeRoute::Process((tx, seq)) => match tx.send((seq, response(value))) {
+                Ok(()) => true,
+                Err(lost) => {
+                    drop_quietly(lost);
+                    false
+                }
+            },
         };
         if !delivered {
-            totals.undelivered += 1;
+            self.totals.undelivered += 1;
+        }
+    }
+
+    /// The response channel is full: wait for space, still answering control messages,
+    /// until a `shutdown_timeout`'s deadline (which may arrive while waiting) has passed.
+    fn wait_for_space(&mut self, response: Response<Out>) -> bool {
+        loop {
+            let give_up = match self.deadline {
+                Some(d) if d <= Instant::now() => {
+                    drop_quietly(response);
+                    return false;
+                }
+                Some(d) => at(d),
+                None => never(),
+            };
+            let control = if self.listening {
+                self.control.clone()
+            } else {
+                never()
+            };
+            select! {
+                send(self.responses, response) -> sent => return match sent {
+                    Ok(()) => true,
+                    Err(lost) => {
+                        drop_quietly(lost);
+                        false
+                    }
+                },
+                recv(control) -> msg => self.on_control(msg),
+                recv(give_up) -> _ => {}
+            }
         }
     }
 }
@@ -546,13 +638,15 @@ impl<In: Send + 'static, Out: Send + 'static> Collector<In, Out> {
 /// assert_eq!(report.completed, 2);
 /// # Ok::<(), channel_orchestrator::BuildError>(())
 /// ```
-pub struct Pipeline<In, Out> {
-    first: Option<Orchestrator<Env<In, In, Out>, ()>>,
+pub struct Pipeline<In: Send + 'static, Out: Send + 'static> {
+    first: Option<Orchestrator<Env<In, In, Out>, Handoff>>,
     rest: Vec<Box<dyn StageControl>>,
     collector: Option<JoinHandle<Totals>>,
     control: Sender<CollectorControl>,
     metrics: bool,
     window: usize,
+    /// The pool ids of every stage, to recognise a drop from inside a stage function.
+    stage_pools: Vec<u64>,
 }
 
 /// Per-stage metrics of a [`Pipeline`], with the pipeline's own totals.
@@ -599,7 +693,7 @@ impl Pipeline<(), ()> {
 }
 
 impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
-    fn first(&self) -> &Orchestrator<Env<In, In, Out>, ()> {
+    fn first(&self) -> &Orchestrator<Env<In, In, Out>, Handoff> {
         self.first.as_ref().expect("pipeline used after shutdown")
     }
 
@@ -674,7 +768,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
     /// # Errors
     ///
     /// `CallError::ShutDown(req)` if the pipeline is shutting down;
-    /// `CallError::Panicked(JobError::Panicked(msg))` if a stage's function panicked.
+    /// `CallError::Failed(JobError::Panicked(msg))` if a stage's function panicked.
     pub fn call(&self, req: In) -> Result<Out, CallError<In>> {
         let (tx, rx) = bounded(1);
         let env = self.env(req, PipeRoute::Call(tx));
@@ -682,7 +776,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
             return Err(CallError::ShutDown(input(e.into_inner())));
         }
         rx.recv()
-            .unwrap_or(Err(CallError::Panicked(JobError::WorkerDied)))
+            .unwrap_or(Err(CallError::Failed(JobError::WorkerDied)))
     }
 
     /// As [`Orchestrator::process`]: feeds `inputs` from this thread and yields responses
@@ -710,7 +804,7 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
     fn feeder<I: Iterator<Item = In>>(
         &self,
         inputs: I,
-    ) -> Feeder<'_, Env<In, In, Out>, (), Out, I> {
+    ) -> Feeder<'_, Env<In, In, Out>, Handoff, Out, I> {
         let (handle, intake) = self.first().feed_parts();
         // Every envelope fed stays in flight until the collector answers it; the window
         // bounds that, and the collector's process channel has exactly that many slots.
@@ -752,6 +846,14 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
     }
 
     fn stop(&mut self, how: Stop, deadline: Option<Instant>) -> ShutdownReport<In> {
+        assert!(
+            !self
+                .stage_pools
+                .iter()
+                .any(|&pool| crate::worker::is_worker_of(pool)),
+            "shutdown called from a stage of this same pipeline would wait for itself \
+             forever; drop the pipeline there instead, or shut it down from another thread"
+        );
         let started = Instant::now();
         let Some(first) = self.first.take() else {
             unreachable!("shutdown runs once")
@@ -761,12 +863,13 @@ impl<In: Send + 'static, Out: Send + 'static> Pipeline<In, Out> {
         if let Some(d) = deadline {
             let _ = self.control.send(CollectorControl::Deadline(d));
         }
+        // The first stage never gives up on a hand-off either: past the deadline it starts
+        // nothing more, and what it already ran travels on (only the collector gives up on
+        // a full response channel, and counts that as undelivered).
         let report = match (how, deadline) {
             (Stop::Now, _) => first.shutdown_now(),
             (Stop::Drain, None) => first.shutdown(),
-            (Stop::Drain, Some(d)) => {
-                first.shutdown_timeout(d.saturating_duration_since(Instant::now()))
-            }
+            (Stop::Drain, Some(d)) => first.shutdown_stage(Some(d)),
         };
         for stage in self.rest.drain(..) {
             stage.shutdown(deadline);
@@ -810,10 +913,10 @@ enum Stop {
 }
 
 fn pipeline_job<In: Send + 'static, Out: Send + 'static>(
-    handle: &Handle<Env<In, In, Out>, ()>,
+    handle: &Handle<Env<In, In, Out>, Handoff>,
     req: In,
     tag: Tag<Out>,
-) -> Job<Env<In, In, Out>, ()> {
+) -> Job<Env<In, In, Out>, Handoff> {
     let env = Env {
         id: handle.next_id(),
         value: Ok(req),
@@ -834,20 +937,41 @@ fn input<In, Out>(env: Env<In, In, Out>) -> In {
     }
 }
 
-impl<In, Out> Drop for Pipeline<In, Out> {
+impl<In: Send + 'static, Out: Send + 'static> Drop for Pipeline<In, Out> {
+    /// The same as [`shutdown`](Pipeline::shutdown), discarding the report. Dropped inside
+    /// one of its own stage functions, it cannot wait for that stage: a helper thread runs
+    /// the same staged shutdown, and ends when it is done.
     fn drop(&mut self) {
-        // Same order as `shutdown`: first stage, later stages, then the collector.
-        drop(self.first.take());
-        for stage in self.rest.drain(..) {
-            stage.shutdown(None);
-        }
-        if let Some(h) = self.collector.take() {
-            let _ = h.join();
+        let Some(first) = self.first.take() else {
+            return;
+        };
+        let rest = std::mem::take(&mut self.rest);
+        let collector = self.collector.take();
+        let teardown = move || {
+            // Same order as `shutdown`: first stage, later stages, then the collector.
+            drop(first);
+            for stage in rest {
+                stage.shutdown(None);
+            }
+            if let Some(h) = collector {
+                let _ = h.join();
+            }
+        };
+        if self
+            .stage_pools
+            .iter()
+            .any(|&pool| crate::worker::is_worker_of(pool))
+        {
+            let _detached = thread::Builder::new()
+                .name("pipeline-teardown".to_owned())
+                .spawn(teardown);
+        } else {
+            teardown();
         }
     }
 }
 
-impl<In, Out> std::fmt::Debug for Pipeline<In, Out> {
+impl<In: Send + 'static, Out: Send + 'static> std::fmt::Debug for Pipeline<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
             .field(

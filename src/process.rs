@@ -15,6 +15,10 @@ use crossbeam_utils::Backoff;
 
 use crate::message::{Job, Response, Route};
 use crate::orchestrator::{Handle, Intake, Refusal};
+use crate::worker::drop_quietly;
+
+/// The most requests a `process` iterator keeps in flight, whatever the capacities.
+pub(crate) const MAX_WINDOW: usize = 1 << 16;
 
 /// Where a `process` response goes: the feeder's private channel, and the input's position.
 pub(crate) type Tag<Out> = (Sender<(u64, Response<Out>)>, u64);
@@ -24,7 +28,7 @@ pub(crate) type MakeJob<Req, Resp, Item, Out> =
     fn(&Handle<Req, Resp>, Item, Tag<Out>) -> Job<Req, Resp>;
 
 /// Feeds inputs and collects `(position, response)` pairs.
-pub(crate) struct Feeder<'a, Req, Resp, Out, I: Iterator> {
+pub(crate) struct Feeder<'a, Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> {
     handle: &'a Handle<Req, Resp>,
     intake: &'a Intake<Req, Resp>,
     inputs: Fuse<I>,
@@ -51,6 +55,9 @@ where
         inputs: I,
         make: MakeJob<Req, Resp, I::Item, Out>,
     ) -> Self {
+        // The response channel's slots are allocated up front: cap the window so a huge
+        // `queue_capacity` does not cost a huge allocation per `process` call.
+        let window = window.clamp(1, MAX_WINDOW);
         let (tx, rx) = bounded(window);
         Feeder {
             handle,
@@ -68,7 +75,11 @@ where
 
     /// Feeds inputs at positions below `limit` while the window allows, until one response
     /// arrives. `None` when nothing is in flight and nothing more may be fed.
-    pub(crate) fn step(&mut self, limit: u64) -> Option<(u64, Response<Out>)> {
+    pub(crate) fn step(&mut self, limit: u64) -> Option<(u64, Response<Out>)>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+    {
         'feed: loop {
             if self.pending.is_none()
                 && self.next_seq < limit
@@ -147,14 +158,29 @@ where
     }
 }
 
-impl<Req, Resp, Out, I: Iterator> Drop for Feeder<'_, Req, Resp, Out, I> {
-    /// Dropped early: waits for the requests already in flight (at most a window), so none is
-    /// stranded in the pool, and counts their discarded responses as undelivered.
+impl<Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> Drop
+    for Feeder<'_, Req, Resp, Out, I>
+{
+    /// Dropped early: an input already pulled from the source but not queued yet still goes
+    /// through the pool (dropping the iterator loses nothing it took), then this waits for
+    /// the requests in flight (at most a window), so none is stranded in the pool, and counts
+    /// their discarded responses as undelivered.
     fn drop(&mut self) {
         let mut discarded = 0;
-        while self.in_flight > 0 && self.rx.recv().is_ok() {
-            self.in_flight -= 1;
-            discarded += 1;
+        // `step` with a limit of 0 pulls no new input: it queues the pending job, if any,
+        // and returns the responses in flight one by one.
+        while self.pending.is_some() || self.in_flight > 0 {
+            match self.step(0) {
+                Some(response) => {
+                    discarded += 1;
+                    drop_quietly(response);
+                }
+                None => break,
+            }
+        }
+        if let Some(job) = self.pending.take() {
+            // Only if the queue closed under it, which a borrowed orchestrator rules out.
+            drop_quietly(job.req);
         }
         if discarded > 0 {
             self.handle.discarded(discarded);
@@ -163,17 +189,20 @@ impl<Req, Resp, Out, I: Iterator> Drop for Feeder<'_, Req, Resp, Out, I> {
 }
 
 /// Yields a feeder's responses in input order, through a reorder buffer of one window.
-pub(crate) struct Ordered<'a, Req, Resp, Out, I: Iterator> {
+pub(crate) struct Ordered<'a, Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> {
     feeder: Feeder<'a, Req, Resp, Out, I>,
     /// Responses that arrived before their turn, at `position % window`.
     reorder: Vec<Option<Response<Out>>>,
     next_out: u64,
 }
 
-impl<Req, Resp, Out, I: Iterator> Drop for Ordered<'_, Req, Resp, Out, I> {
+impl<Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> Drop
+    for Ordered<'_, Req, Resp, Out, I>
+{
     /// Responses that arrived but were never yielded are undelivered too.
     fn drop(&mut self) {
         let waiting = self.reorder.iter().filter(|r| r.is_some()).count() as u64;
+        drop_quietly(std::mem::take(&mut self.reorder));
         if waiting > 0 {
             self.feeder.handle.discarded(waiting);
         }
@@ -187,19 +216,18 @@ where
     I: Iterator,
 {
     pub(crate) fn new(feeder: Feeder<'a, Req, Resp, Out, I>) -> Self {
-        let window = feeder.window;
         Ordered {
             feeder,
-            reorder: (0..window).map(|_| None).collect(),
+            reorder: Vec::new(),
             next_out: 0,
         }
     }
 
     pub(crate) fn next_in_order(&mut self) -> Option<Response<Out>> {
-        let window = self.reorder.len() as u64;
+        let window = self.feeder.window as u64;
         loop {
             let slot = (self.next_out % window) as usize;
-            if let Some(r) = self.reorder[slot].take() {
+            if let Some(r) = self.reorder.get_mut(slot).and_then(Option::take) {
                 self.next_out += 1;
                 return Some(r);
             }
@@ -209,7 +237,12 @@ where
                 self.next_out += 1;
                 return Some(r);
             }
-            self.reorder[(seq % window) as usize] = Some(r);
+            // Grown on demand, up to one window: most streams need far less.
+            let slot = (seq % window) as usize;
+            if slot >= self.reorder.len() {
+                self.reorder.resize_with(slot + 1, || None);
+            }
+            self.reorder[slot] = Some(r);
         }
     }
 }
@@ -242,7 +275,7 @@ where
 /// The iterator of [`Orchestrator::process`](crate::Orchestrator::process): responses in
 /// completion order.
 #[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
-pub struct Process<'a, Req, Resp, I: Iterator> {
+pub struct Process<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator> {
     feeder: Feeder<'a, Req, Resp, Resp, I>,
 }
 
@@ -273,7 +306,7 @@ where
 /// The iterator of [`Orchestrator::process_ordered`](crate::Orchestrator::process_ordered):
 /// responses in input order.
 #[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
-pub struct ProcessOrdered<'a, Req, Resp, I: Iterator> {
+pub struct ProcessOrdered<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator> {
     ordered: Ordered<'a, Req, Resp, Resp, I>,
 }
 
@@ -303,7 +336,9 @@ where
     }
 }
 
-impl<Req, Resp, I: Iterator> fmt::Debug for Process<'_, Req, Resp, I> {
+impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator> fmt::Debug
+    for Process<'_, Req, Resp, I>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
             .field("fed", &self.feeder.next_seq)
@@ -312,7 +347,9 @@ impl<Req, Resp, I: Iterator> fmt::Debug for Process<'_, Req, Resp, I> {
     }
 }
 
-impl<Req, Resp, I: Iterator> fmt::Debug for ProcessOrdered<'_, Req, Resp, I> {
+impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator> fmt::Debug
+    for ProcessOrdered<'_, Req, Resp, I>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessOrdered")
             .field("fed", &self.ordered.feeder.next_seq)

@@ -15,7 +15,7 @@ use crate::message::{
     Job, Reply, RequestId, Route, Shutdown, Status, ToBroadcaster, panic_message,
 };
 use crate::metrics::WorkerEventKind;
-use crate::worker::Never;
+use crate::worker::{Never, drop_quietly};
 
 /// Starts worker thread `i` (a fresh incarnation that runs `init`).
 pub(crate) type SpawnWorker = Box<dyn FnMut(usize) -> io::Result<JoinHandle<()>> + Send>;
@@ -59,6 +59,8 @@ pub(crate) struct Supervisor<Req, Resp> {
     pub(crate) abort: Option<Sender<Never>>,
     /// Whether the shutdown command arrived.
     pub(crate) shutting_down: bool,
+    /// A pipeline stage's deadline: stop starting jobs, but keep delivering responses.
+    pub(crate) keep_delivering: bool,
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
@@ -78,6 +80,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             self.event(i, WorkerEventKind::Started);
         }
         let mut unstarted = Vec::new();
+        let mut cancelled = 0;
         let mut control = self.control.clone();
         let mut deadline = never();
         let mut respawn = never();
@@ -96,22 +99,33 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                 recv(control) -> cmd => {
                     // The orchestrator sends exactly one command; a disconnect without one
                     // (it was leaked or its thread unwound mid-shutdown) means "drain".
-                    let cmd = cmd.unwrap_or(Shutdown::Drain { deadline: None });
+                    let cmd = cmd.unwrap_or(Shutdown::Drain {
+                        deadline: None,
+                        give_up: true,
+                    });
                     control = never();
                     self.shutting_down = true;
                     match cmd {
                         // Already set by the orchestrator; responses of running jobs still
-                        // wait for space, as the contract says.
-                        Shutdown::Now => self.stop.store(true, Ordering::Relaxed),
-                        Shutdown::Drain { deadline: Some(at) } => {
+                        // wait for space, as the contract says. What is queued comes back
+                        // now, whatever the workers are doing.
+                        Shutdown::Now => {
+                            self.stop.store(true, Ordering::Relaxed);
+                            self.hand_back_queued(&mut unstarted, &mut cancelled);
+                        }
+                        Shutdown::Drain { deadline: Some(at), give_up } => {
+                            if !give_up {
+                                self.keep_delivering = true;
+                            }
                             deadline = after(at.saturating_duration_since(Instant::now()));
                         }
-                        Shutdown::Drain { deadline: None } => {}
+                        Shutdown::Drain { deadline: None, .. } => {}
                     }
                 }
                 recv(deadline) -> _ => {
                     deadline = never();
                     self.expire();
+                    self.hand_back_queued(&mut unstarted, &mut cancelled);
                 }
                 recv(respawn) -> _ => {
                     self.respawn_due(&mut slots);
@@ -124,19 +138,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         while let Ok(msg) = self.status.try_recv() {
             self.on_status(msg, &mut slots, &mut unstarted);
         }
-        let mut cancelled = 0;
         for q in &self.queues {
             // Blocks only until the last in-progress submit returns: intake is closed.
             for job in q.iter() {
-                match job.route {
-                    Route::Stream | Route::Process(..) => unstarted.push((job.id, job.req)),
-                    Route::Call(back) => {
-                        cancelled += 1;
-                        Reply::cancel(back, job.req);
-                    }
-                }
+                hand_back(job, &mut unstarted, &mut cancelled);
             }
         }
+        // Dropped here, not wherever the last clone happens to go: the handler and `init`
+        // may capture values whose `Drop` panics.
+        drop_quietly(std::mem::replace(&mut self.spawn, Box::new(no_spawn)));
         let _ = self.broadcast.send(ToBroadcaster::Finish {
             unstarted: unstarted.len() as u64,
             cancelled,
@@ -144,10 +154,24 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         Outcome { unstarted }
     }
 
+    /// Takes every queued job out of the queues at once (`shutdown_now`, or an expired
+    /// `shutdown_timeout`): stream requests to `unstarted`, calls answered `Cancelled`.
+    /// Workers that take a job after the stop flag hand it back the same way, so each job
+    /// ends in exactly one place whoever receives it.
+    fn hand_back_queued(&self, unstarted: &mut Vec<(RequestId, Req)>, cancelled: &mut u64) {
+        for q in &self.queues {
+            while let Ok(job) = q.try_recv() {
+                hand_back(job, unstarted, cancelled);
+            }
+        }
+    }
+
     /// The `shutdown_timeout` deadline: start nothing more, and stop waiting for response space.
     fn expire(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        self.abort = None;
+        if !self.keep_delivering {
+            self.abort = None;
+        }
     }
 
     fn event(&self, worker: usize, kind: WorkerEventKind) {
@@ -251,4 +275,24 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             }
         }
     }
+}
+
+/// Hands back one job that never started.
+fn hand_back<Req, Resp>(
+    job: Job<Req, Resp>,
+    unstarted: &mut Vec<(RequestId, Req)>,
+    cancelled: &mut u64,
+) {
+    match job.route {
+        Route::Stream | Route::Process(..) => unstarted.push((job.id, job.req)),
+        Route::Call(back) => {
+            *cancelled += 1;
+            Reply::cancel(back, job.req);
+        }
+    }
+}
+
+/// Stands in for the spawner once the supervisor is done.
+fn no_spawn(_: usize) -> io::Result<JoinHandle<()>> {
+    Err(io::Error::other("the supervisor has stopped"))
 }

@@ -9,7 +9,10 @@
 //! empty, which happens only after intake closed and the last in-progress submit finished.
 //! So a graceful shutdown needs no message to the workers at all.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -60,13 +63,59 @@ impl JobContext {
     }
 }
 
+thread_local! {
+    /// On a worker thread: the id of its pool, and how to run one of that pool's jobs inline
+    /// (an `Inline<Req, Resp>`). Set once the worker's `init` ran, cleared when it exits. It
+    /// is how a handler that calls back into its own pool is recognised (see
+    /// [`reentrant`]); a thread-local, not shared state: no other thread reads it.
+    static CURRENT: RefCell<Option<(u64, Rc<dyn Any>)>> = const { RefCell::new(None) };
+}
+
+/// Runs one job of a pool on the calling worker thread, with a fresh state from `init`,
+/// answering and counting it exactly as a worker would.
+pub(crate) struct Inline<Req, Resp> {
+    run: Box<dyn Fn(Job<Req, Resp>)>,
+}
+
+impl<Req, Resp> Inline<Req, Resp> {
+    pub(crate) fn run(&self, job: Job<Req, Resp>) {
+        (self.run)(job)
+    }
+}
+
+/// If this thread is a worker of pool `pool`, the way to run that pool's jobs inline.
+pub(crate) fn reentrant<Req: 'static, Resp: 'static>(pool: u64) -> Option<Rc<Inline<Req, Resp>>> {
+    CURRENT.with(|c| match &*c.borrow() {
+        Some((id, inline)) if *id == pool => Rc::clone(inline).downcast().ok(),
+        _ => None,
+    })
+}
+
+/// Whether this thread is a worker of pool `pool`.
+pub(crate) fn is_worker_of(pool: u64) -> bool {
+    CURRENT.with(|c| matches!(&*c.borrow(), Some((id, _)) if *id == pool))
+}
+
+/// What a pipeline stage's handler returns: nothing when the next stage took the value at
+/// once, otherwise the blocking hand-off, which its worker runs after it stopped counting
+/// itself busy (so a stage waiting on a slow successor does not look busy).
+pub(crate) type Handoff = Option<Box<dyn FnOnce() + Send>>;
+
+/// Turns a stream response into a [`Handoff`] instead of sending it (pipeline stages).
+pub(crate) type Forward<Resp> = fn(Resp) -> Handoff;
+
 /// An uninhabited message type: channels of `Never` carry no messages, only disconnection.
 #[derive(Debug)]
 pub(crate) enum Never {}
 
 /// Everything one worker thread needs; moved into the thread.
 pub(crate) struct Worker<Req, Resp, I, H> {
+    /// The id of the pool, unique in the process (for [`reentrant`]).
+    pub(crate) pool: u64,
     pub(crate) id: usize,
+    /// A stand-in running one job inline for a re-entrant caller: it reports no lifecycle
+    /// events and rebuilds nothing after a panic (its state is thrown away anyway).
+    pub(crate) inline: bool,
     /// The queues it takes work from. `Shared`: the one MPMC queue. `RoundRobin`: every worker
     /// queue, rotated so that index 0 is its own; the others are stolen from when its own is empty.
     pub(crate) queues: Vec<Receiver<Job<Req, Resp>>>,
@@ -82,6 +131,8 @@ pub(crate) struct Worker<Req, Resp, I, H> {
     pub(crate) abort: Receiver<Never>,
     /// How often to report counts while busy; `None` with metrics off (report only on exit).
     pub(crate) flush_every: Option<Duration>,
+    /// Pipeline stages: stream responses are handed to the next stage, not sent.
+    pub(crate) forward: Option<Forward<Resp>>,
     pub(crate) init: Arc<I>,
     pub(crate) handler: Arc<H>,
 }
@@ -99,6 +150,9 @@ struct ExitGuard<Req> {
 
 impl<Req> Drop for ExitGuard<Req> {
     fn drop(&mut self) {
+        // Drop the inline runner (and the channel ends it holds) before saying goodbye.
+        let inline = CURRENT.with(|c| c.borrow_mut().take());
+        drop_quietly(inline);
         let delta = std::mem::take(&mut self.stats);
         // The broadcaster runs until the supervisor sends `Finish`, which it does only after
         // this worker's `Exited` below; so this blocking send cannot be lost or hang.
@@ -140,6 +194,8 @@ where
             }
         };
         let _ = self.status.send(Status::Ready { worker: self.id });
+        let inline: Rc<dyn Any> = Rc::new(self.inline_runner());
+        CURRENT.with(|c| *c.borrow_mut() = Some((self.pool, inline)));
 
         // Built once and reused for every blocking wait (a `Select` allocates as it is built).
         let mut select = Select::new_biased();
@@ -176,6 +232,70 @@ where
             let times = (&mut next_flush, &mut last_end);
             self.run_job(job, &mut state, &mut ctx, &mut guard.stats, times);
         }
+    }
+
+    /// A runner of this pool's jobs on this thread, for a handler that calls back into its
+    /// own pool when waiting would deadlock.
+    fn inline_runner(&self) -> Inline<Req, Resp> {
+        let stand_in = Worker {
+            pool: self.pool,
+            id: self.id,
+            inline: true,
+            queues: Vec::new(),
+            responses: self.responses.clone(),
+            status: self.status.clone(),
+            broadcast: self.broadcast.clone(),
+            stop: Arc::clone(&self.stop),
+            abort: self.abort.clone(),
+            flush_every: None,
+            forward: self.forward,
+            init: Arc::clone(&self.init),
+            handler: Arc::clone(&self.handler),
+        };
+        Inline {
+            run: Box::new(move |job| stand_in.run_inline(job)),
+        }
+    }
+
+    /// Runs one job with a fresh state, then reports its counts (and nothing else: the
+    /// worker's own live state belongs to the job that called).
+    fn run_inline(&self, job: Job<Req, Resp>) {
+        let mut stats = StatsDelta {
+            taken: 1,
+            counts_only: true,
+            ..StatsDelta::default()
+        };
+        match self.init_state() {
+            Ok(mut state) => {
+                let mut ctx = JobContext {
+                    worker: WorkerId(self.id),
+                    request: job.id,
+                    deadline: job.deadline,
+                    stop: Arc::clone(&self.stop),
+                };
+                self.run_job(
+                    job,
+                    &mut state,
+                    &mut ctx,
+                    &mut stats,
+                    (&mut None, &mut None),
+                );
+                drop_quietly(state);
+            }
+            Err(message) => {
+                let Job { id, req, route, .. } = job;
+                drop_quietly(req);
+                stats.failed += 1;
+                let error = JobError::Panicked(format!("init panicked: {message}"));
+                let none = Duration::ZERO;
+                self.answer(id, Err(error), route, none, none, &mut stats);
+            }
+        }
+        // The broadcaster runs until every worker exited, and this one has not.
+        let _ = self.broadcast.send(ToBroadcaster::Stats {
+            worker: self.id,
+            delta: stats,
+        });
     }
 
     fn init_state(&self) -> Result<S, String> {
@@ -309,7 +429,7 @@ where
         // A clock read only for requests that carry a deadline.
         if deadline.is_some_and(|d| Instant::now() >= d) {
             stats.failed += 1;
-            drop(req);
+            drop_quietly(req);
             let none = Duration::ZERO;
             self.answer(
                 id,
@@ -374,12 +494,14 @@ where
                     handler_time,
                     stats,
                 );
-                let _ = self.status.send(Status::Panicked {
-                    worker: self.id,
-                    request: id,
-                    message,
-                });
-                self.rebuild(state);
+                if !self.inline {
+                    let _ = self.status.send(Status::Panicked {
+                        worker: self.id,
+                        request: id,
+                        message,
+                    });
+                    self.rebuild(state);
+                }
             }
         }
         // A long job may have outlasted the report period: report as soon as it ends (the
@@ -401,7 +523,7 @@ where
         let id = WorkerId(self.id);
         match panic::catch_unwind(AssertUnwindSafe(|| init(id))) {
             Ok(fresh) => {
-                *state = fresh;
+                drop_quietly(std::mem::replace(state, fresh));
                 let _ = self.status.send(Status::Restarted { worker: self.id });
             }
             Err(payload) => panic::resume_unwind(payload),
@@ -427,12 +549,24 @@ where
         // Whatever could not be delivered is counted first, then dropped where a panicking
         // `Drop` cannot take the worker down.
         match route {
-            Route::Stream => {
-                if let Err(lost) = self.deliver(response(outcome)) {
-                    stats.undelivered += 1;
-                    drop_quietly(lost);
+            Route::Stream => match self.forward {
+                None => {
+                    if let Err(lost) = self.deliver(response(outcome), stats) {
+                        stats.undelivered += 1;
+                        drop_quietly(lost);
+                    }
                 }
-            }
+                Some(forward) => match outcome {
+                    Ok(value) => {
+                        if let Some(handoff) = forward(value) {
+                            self.report_waiting(stats);
+                            drop_quietly(panic::catch_unwind(AssertUnwindSafe(handoff)));
+                        }
+                    }
+                    // Stage handlers contain their function's panics and take no deadlines.
+                    Err(_) => stats.undelivered += 1,
+                },
+            },
             Route::Process(tx, seq) => {
                 // Never full: `process` keeps at most its channel's capacity in flight. It
                 // fails only when the iterator was dropped early.
@@ -443,7 +577,7 @@ where
             }
             Route::Call(back) => {
                 let reply = Reply {
-                    result: outcome.map_err(CallError::Panicked),
+                    result: outcome.map_err(CallError::Failed),
                     back: back.clone(),
                 };
                 if let Err(lost) = back.send(reply) {
@@ -456,7 +590,11 @@ where
 
     /// Sends a response, waiting for space on a full bounded channel (back-pressure) until the
     /// receiver is gone or a `shutdown_timeout` expires. Hands back what it could not deliver.
-    fn deliver(&self, response: Response<Resp>) -> Result<(), Response<Resp>> {
+    fn deliver(
+        &self,
+        response: Response<Resp>,
+        stats: &mut StatsDelta,
+    ) -> Result<(), Response<Resp>> {
         let response = match self.responses.try_send(response) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(response)) => return Err(response),
@@ -473,9 +611,21 @@ where
                 Err(TrySendError::Full(back)) => response = back,
             }
         }
+        self.report_waiting(stats);
         crossbeam_channel::select_biased! {
             recv(self.abort) -> _ => Err(response),
             send(self.responses, response) -> sent => sent.map_err(|e| e.into_inner()),
+        }
+    }
+
+    /// About to block handing a finished job's answer on: report the worker as not busy
+    /// (busy means running the handler), so the wait is not counted as work. The next job's
+    /// start reports it busy again.
+    fn report_waiting(&self, stats: &mut StatsDelta) {
+        if self.flush_every.is_some() {
+            stats.busy = false;
+            stats.running_since = None;
+            self.flush(stats);
         }
     }
 
@@ -505,7 +655,7 @@ fn nanos(d: Duration) -> u64 {
 /// The panic message, dropping the payload under its own `catch_unwind`: a payload whose
 /// `Drop` panics must not take the worker down. If it does, that second payload is leaked
 /// (dropping it could panic again).
-fn message_of(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn message_of(payload: Box<dyn std::any::Any + Send>) -> String {
     let message = panic_message(&*payload);
     drop_quietly(payload);
     message
@@ -514,7 +664,7 @@ fn message_of(payload: Box<dyn std::any::Any + Send>) -> String {
 /// Drops a user value (an undelivered response, a panic payload) so that a panic in its
 /// `Drop` cannot kill the worker; that panic's own payload is leaked, since dropping it
 /// could panic again.
-fn drop_quietly<T>(value: T) {
+pub(crate) fn drop_quietly<T>(value: T) {
     if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(value))) {
         std::mem::forget(again);
     }

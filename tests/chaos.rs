@@ -353,11 +353,11 @@ fn produce(
                     assert_eq!(v, answer(tag), "call {tag}: wrong answer");
                     Fate::CallOk
                 }
-                Err(CallError::Panicked(JobError::Panicked(msg))) => {
+                Err(CallError::Failed(JobError::Panicked(msg))) => {
                     assert!(msg.contains(&format!("#{tag}#")), "call {tag}: {msg:?}");
                     Fate::CallPanicked
                 }
-                Err(CallError::Panicked(e)) => panic!("call {tag}: {e:?}"),
+                Err(CallError::Failed(e)) => panic!("call {tag}: {e:?}"),
                 Err(CallError::Cancelled(r)) => {
                     assert_eq!(r.tag, tag, "call {tag} cancelled with another request");
                     Fate::CallCancelled

@@ -198,7 +198,7 @@ fn produce(sc: &Scenario, p: u64, sub: Submitter<Job, u64>, log: Arc<DropLog>) -
                     seen.calls_ok += 1;
                     None
                 }
-                Err(CallError::Panicked(JobError::Panicked(msg))) => {
+                Err(CallError::Failed(JobError::Panicked(msg))) => {
                     assert!(sc.panics(tag), "call {tag} panicked: {msg}");
                     assert!(
                         msg.contains(&format!("#{tag}#")),
@@ -207,7 +207,7 @@ fn produce(sc: &Scenario, p: u64, sub: Submitter<Job, u64>, log: Arc<DropLog>) -
                     seen.calls_panicked += 1;
                     None
                 }
-                Err(CallError::Panicked(e)) => panic!("call {tag}: {e:?}"),
+                Err(CallError::Failed(e)) => panic!("call {tag}: {e:?}"),
                 Err(CallError::Cancelled(j)) => {
                     assert_eq!(j.tag, tag, "call {tag} cancelled with another request");
                     assert!(

@@ -69,7 +69,7 @@ fn final_totals_are_exact_and_count_calls() {
                     let n = 10_000 + i;
                     match orch.call(n) {
                         Ok(v) => assert_eq!(v, n * 2),
-                        Err(CallError::Panicked(JobError::Panicked(msg))) => {
+                        Err(CallError::Failed(JobError::Panicked(msg))) => {
                             assert!(fails(n) && msg.contains(PANIC_TAG), "{msg}");
                         }
                         Err(e) => panic!("call({n}) failed: {e}"),

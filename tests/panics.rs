@@ -1,5 +1,5 @@
 //! Panics: a panicking handler becomes `JobError::Panicked` (on the responses channel or as
-//! `CallError::Panicked`), the worker keeps serving, other requests are unaffected, and
+//! `CallError::Failed`), the worker keeps serving, other requests are unaffected, and
 //! `init` rebuilds that worker's state.
 
 mod common;
@@ -112,7 +112,7 @@ fn a_panicking_call_is_call_error_panicked() {
         };
         let e = h.call(3).unwrap_err();
         match &e {
-            CallError::Panicked(JobError::Panicked(msg)) => {
+            CallError::Failed(JobError::Panicked(msg)) => {
                 assert_eq!(msg, "intentional panic on 3");
             }
             other => panic!("{via:?}: {other:?}"),
@@ -149,7 +149,7 @@ fn panics_do_not_disturb_concurrent_requests() {
                         if i.is_multiple_of(2) {
                             match orch.call(x) {
                                 Ok(v) => assert_eq!(v, x + 1),
-                                Err(CallError::Panicked(JobError::Panicked(m))) => {
+                                Err(CallError::Failed(JobError::Panicked(m))) => {
                                     assert!(panics_on(x), "{x} panicked: {m}");
                                     assert!(m.contains(&format!("on {x}")), "{m}");
                                     panicked += 1;

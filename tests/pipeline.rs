@@ -81,7 +81,7 @@ fn a_panic_in_the_middle_stage_yields_exactly_one_failed_response() {
     }
     assert_eq!((ok, failed), (90, 10));
     match p.call(15) {
-        Err(CallError::Panicked(JobError::Panicked(msg))) => assert!(msg.contains("15")),
+        Err(CallError::Failed(JobError::Panicked(msg))) => assert!(msg.contains("15")),
         other => panic!("{other:?}"),
     }
     // The middle stage counted its panics in its own metrics.

@@ -273,7 +273,7 @@ fn soak(requests: u64) {
                         sum = sum.wrapping_add(v);
                         ok += 1;
                     }
-                    Err(CallError::Panicked(JobError::Panicked(_))) => failed += 1,
+                    Err(CallError::Failed(JobError::Panicked(_))) => failed += 1,
                     Err(e) => panic!("call {x}: {e:?}"),
                 }
             }

@@ -287,7 +287,7 @@ fn go(h: &dyn Handle<u32, u32>, how: Blocking, req: u32) -> Got {
             Ok(v) => Got::Answer(v),
             Err(CallError::ShutDown(r)) => Got::ShutDown(r),
             Err(CallError::Cancelled(r)) => Got::Cancelled(r),
-            Err(e @ CallError::Panicked(_)) => panic!("unexpected {e:?}"),
+            Err(e @ CallError::Failed(_)) => panic!("unexpected {e:?}"),
         },
     }
 }

@@ -108,7 +108,7 @@ fn panicked_then_restarted_events_carry_the_message() {
 
         // The same through `call`, and the worker keeps serving afterwards.
         match orch.call(13) {
-            Err(CallError::Panicked(JobError::Panicked(m))) => assert!(m.contains("unlucky 13")),
+            Err(CallError::Failed(JobError::Panicked(m))) => assert!(m.contains("unlucky 13")),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(orch.call(7), Ok(7));

@@ -1064,7 +1064,7 @@ fn the_context_and_the_response_describe_the_same_run() {
 
 /// Ports `testSubmitCallable` ("completed submit of callable returns result") and
 /// `testSubmitRunnable`, and `testInvokeAll4` for `call` ("get ... throws exception on failed
-/// task"): `call` returns the handler's value, or its panic as `CallError::Panicked`.
+/// task"): `call` returns the handler's value, or its panic as `CallError::Failed`.
 #[test]
 fn call_returns_the_result_or_the_failure() {
     quiet_panics();
@@ -1073,7 +1073,7 @@ fn call_returns_the_result_or_the_failure() {
     let (orch, responses) = pool("tck-cl", 2, 10, &gate, &ran);
     assert_eq!(orch.call(Task::Value(42)), Ok(42));
     match orch.call(Task::Panic(1)) {
-        Err(CallError::Panicked(JobError::Panicked(msg))) => assert!(msg.contains("task 1")),
+        Err(CallError::Failed(JobError::Panicked(msg))) => assert!(msg.contains("task 1")),
         other => panic!("{other:?}"),
     }
     assert_eq!(orch.submitter().call(Task::Value(43)), Ok(43));
