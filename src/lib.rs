@@ -214,6 +214,39 @@
 //! # Ok::<(), channel_orchestrator::BuildError>(())
 //! ```
 //!
+//! # Calling back into the same pool
+//!
+//! A handler may submit to, and `call`, its own pool (through a [`Submitter`] it captured).
+//! A worker that would block on its own pool — a `call`, or a `submit` that finds the queue
+//! full — waits as usual while at least one other worker is free to serve the queue. When
+//! waiting would leave no worker free (a 1-worker pool, or every other worker is blocked the
+//! same way), the request **runs inline** on the calling worker, with a fresh state from
+//! `init`, and is answered and counted exactly as if a worker had run it: re-entrancy can
+//! never exhaust the pool, and never hangs it. `submit_timeout` and `try_submit` never run
+//! inline (they end by themselves).
+//!
+//! Dropping the orchestrator inside one of its own handlers starts the graceful shutdown and
+//! returns at once (its threads finish the queued work, then exit by themselves);
+//! [`shutdown`](Orchestrator::shutdown) and its siblings there panic with a clear message,
+//! since they would wait for the calling worker itself. Cycles across pools (pool A's handler
+//! calls pool B, whose handler calls pool A) are not detected.
+//!
+//! ```
+//! use channel_orchestrator::{Orchestrator, Submitter};
+//! use std::sync::{Arc, OnceLock};
+//!
+//! // Recursive Fibonacci on a single worker: every nested call runs inline.
+//! let me: Arc<OnceLock<Submitter<u64, u64>>> = Arc::default();
+//! let inner = Arc::clone(&me);
+//! let (orch, _responses) = Orchestrator::builder().workers(1).build(move |n: u64| {
+//!     let pool = inner.get().unwrap();
+//!     if n < 2 { n } else { pool.call(n - 1).unwrap() + pool.call(n - 2).unwrap() }
+//! })?;
+//! me.set(orch.submitter()).unwrap();
+//! assert_eq!(orch.call(10), Ok(55));
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
 //! # Requests must be `Send`
 //!
 //! Requests and responses cross threads, so they must be `Send`:

@@ -1013,6 +1013,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
                     abort: abort_rx.clone(),
                     flush_every,
                     forward,
+                    waited: Default::default(),
                     init: Arc::clone(&init),
                     handler: Arc::clone(&handler),
                 };

@@ -30,7 +30,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, at, bounded, never, select, unbounded};
 
-use crate::builder::{DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME};
+use crate::builder::{
+    DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, MAX_QUEUE_CAPACITY, MAX_WORKERS,
+};
 use crate::error::{
     BuildError, BuildErrorKind, CallError, JobError, SubmitError, SubmitTimeoutError,
     TrySubmitError,
@@ -183,6 +185,8 @@ pub trait Chain<In, Cur>: sealed::Sealed {
     #[doc(hidden)]
     fn depth(&self) -> usize;
     #[doc(hidden)]
+    fn total_workers(&self) -> usize;
+    #[doc(hidden)]
     fn build_chain<Out: Send + 'static>(
         self,
         opts: &Options,
@@ -282,6 +286,10 @@ where
         0
     }
 
+    fn total_workers(&self) -> usize {
+        self.workers
+    }
+
     fn build_chain<Out: Send + 'static>(
         self,
         opts: &Options,
@@ -306,6 +314,10 @@ where
 {
     fn depth(&self) -> usize {
         self.prev.depth() + 1
+    }
+
+    fn total_workers(&self) -> usize {
+        self.prev.total_workers().saturating_add(self.workers)
     }
 
     fn build_chain<Out: Send + 'static>(
@@ -429,6 +441,24 @@ where
     #[allow(clippy::type_complexity)] // the pair is the API
     pub fn build(self) -> Result<(Pipeline<In, Cur>, Receiver<Response<Cur>>), BuildError> {
         let opts = self.opts;
+        // Checked before anything is allocated (the collector's inbox and the response
+        // channel take their slots up front); each stage checks the rest.
+        if opts.queue_capacity == 0 {
+            return Err(BuildError::new(BuildErrorKind::ZeroQueueCapacity));
+        }
+        if opts.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(BuildError::new(BuildErrorKind::QueueTooLarge));
+        }
+        if opts
+            .response_capacity
+            .is_some_and(|c| c > MAX_QUEUE_CAPACITY)
+        {
+            return Err(BuildError::new(BuildErrorKind::ResponsesTooLarge));
+        }
+        // Every stage's workers are threads of one process: the limit is for all of them.
+        if self.chain.total_workers() > MAX_WORKERS {
+            return Err(BuildError::new(BuildErrorKind::TooManyWorkers));
+        }
         let (resp_tx, resp_rx) = match opts.response_capacity {
             Some(cap) => bounded(cap),
             None => unbounded(),

@@ -10,7 +10,7 @@
 //! So a graceful shutdown needs no message to the workers at all.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -133,6 +133,9 @@ pub(crate) struct Worker<Req, Resp, I, H> {
     pub(crate) flush_every: Option<Duration>,
     /// Pipeline stages: stream responses are handed to the next stage, not sent.
     pub(crate) forward: Option<Forward<Resp>>,
+    /// Set when handing an answer on had to wait: the next job's start is then not the
+    /// previous job's end. Worker-local (a `Cell`, never shared).
+    pub(crate) waited: Cell<bool>,
     pub(crate) init: Arc<I>,
     pub(crate) handler: Arc<H>,
 }
@@ -249,6 +252,7 @@ where
             abort: self.abort.clone(),
             flush_every: None,
             forward: self.forward,
+            waited: Cell::new(false),
             init: Arc::clone(&self.init),
             handler: Arc::clone(&self.handler),
         };
@@ -504,6 +508,9 @@ where
                 }
             }
         }
+        if self.waited.replace(false) {
+            *last_end = None; // the hand-off took time: the next job reads its own start
+        }
         // A long job may have outlasted the report period: report as soon as it ends (the
         // end time is known without another clock read).
         if let (Some(start), Some(due)) = (start, *next_flush)
@@ -622,6 +629,7 @@ where
     /// (busy means running the handler), so the wait is not counted as work. The next job's
     /// start reports it busy again.
     fn report_waiting(&self, stats: &mut StatsDelta) {
+        self.waited.set(true);
         if self.flush_every.is_some() {
             stats.busy = false;
             stats.running_since = None;

@@ -473,7 +473,13 @@ fn a_handler_submitting_to_its_own_full_queue_with_no_worker_free_runs_it_inline
     slot.set(orch.submitter()).unwrap();
     let first = orch.submit(0).unwrap();
     let mut got: Vec<u32> = (0..3)
-        .map(|_| responses.recv_timeout(WAIT).expect("an answer").outcome.unwrap())
+        .map(|_| {
+            responses
+                .recv_timeout(WAIT)
+                .expect("an answer")
+                .outcome
+                .unwrap()
+        })
         .collect();
     got.sort_unstable();
     assert_eq!(got, [0, 1, 2]);
