@@ -1,4 +1,10 @@
 //! A parallel `wc` for directory trees, with live progress and Ctrl-C: `cargo run --release --example analyze -- [DIR ...]`.
+//!
+//! Options: `--workers N`, `--top N`, `--per-file`, `--json`; each option that takes a value
+//! accepts both `--workers 2` and `--workers=2`. `--help` lists them, `--version` prints the
+//! version. Arguments are parsed by `clap`, the tree is walked by `walkdir`, and words are
+//! tallied in `rustc-hash` maps: what is hand-written here is the counting and the
+//! orchestration.
 
 // How it works: three kinds of threads, joined by the crate's channels.
 //
@@ -19,9 +25,8 @@
 // printable ASCII byte (0x21..=0x7e). Other bytes (controls, bytes >= 0x80) neither start nor
 // end a word.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
 use std::fs::{self, File};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,21 +39,9 @@ use channel_orchestrator::crossbeam_channel::{
 use channel_orchestrator::{
     JobContext, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, Response, Submitter,
 };
-
-const USAGE: &str = "\
-usage: analyze [--workers N] [--top N] [--per-file] [--json] [DIR|FILE ...]
-
-Counts files, lines, words and bytes (as `LC_ALL=C wc` does) in every regular file under
-the given directories (default: this crate's src/), in parallel, with a live progress line.
-
-  --workers N   worker threads (default: one per CPU)
-  --top N       how many most common words and slowest files to show (default: 10)
-  --per-file    also list every file in the table
-  --json        print one JSON object instead of the table
-
-Symbolic links to files are read; links to directories are not followed. Exit status: 0,
-1 if some path could not be read, 2 on bad usage, 130 if interrupted (Ctrl-C prints the
-report of what finished; a second Ctrl-C quits at once).";
+use clap::Parser;
+use rustc_hash::FxHashMap;
+use walkdir::{DirEntry, WalkDir};
 
 /// Bytes read per `read` call; each worker owns one buffer of this size.
 const CHUNK: usize = 64 * 1024;
@@ -60,26 +53,43 @@ const TICK: Duration = Duration::from_millis(200);
 /// binary file or a minified line can take).
 const MAX_WORD: usize = 64;
 
+/// Counts files, lines, words and bytes (as `LC_ALL=C wc` does) in every regular file under
+/// the given directories, in parallel, with a live progress line on stderr.
+#[derive(Parser)]
+#[command(
+    name = "analyze",
+    version,
+    after_help = "Symbolic links to files are read; links to directories are not followed; \
+                  FIFOs, sockets and devices are skipped.\n\
+                  Exit status: 0; 1 if some path could not be read; 2 on bad usage; 130 if \
+                  interrupted (Ctrl-C prints the report of what finished; a second Ctrl-C \
+                  quits at once)."
+)]
 struct Args {
+    /// Directories and files to count [default: this crate's src/]
+    #[arg(
+        value_name = "DIR|FILE",
+        default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/src"),
+        hide_default_value = true
+    )]
     roots: Vec<PathBuf>,
+    /// Worker threads [default: one per CPU]
+    #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// How many most common words and slowest files to show; 0 skips the word tally
+    #[arg(long, value_name = "N", default_value_t = 10)]
     top: usize,
+    /// Also list every file in the table
+    #[arg(long)]
     per_file: bool,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
     json: bool,
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args_os().skip(1)) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(message) => {
-            eprintln!("error: {message}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Bad usage prints the error and exits with status 2; `--help` and `--version` exit with 0.
+    let args = Args::parse();
     let interrupt = ctrl_c();
 
     let mut builder = Orchestrator::builder()
@@ -263,9 +273,11 @@ fn failure(path: &Path, e: &io::Error) -> Walk {
     })
 }
 
-/// Walks `roots` depth first, in name order, submitting every regular file. `submit` blocks
-/// while the queue is full, so the walk never runs far ahead of the workers; it fails only
-/// once a shutdown started (Ctrl-C), which ends the walk.
+/// Walks `roots` depth first, submitting every regular file: first the roots that are files,
+/// then each directory root's tree, a directory's files (in name order) before its
+/// subdirectories (in name order). `submit` blocks while the queue is full, so the walk never
+/// runs far ahead of the workers; it fails only once a shutdown started (Ctrl-C), which ends
+/// the walk.
 fn walk(roots: &[PathBuf], submitter: &Submitter<PathBuf, FileReport>, tx: &Sender<Walk>) {
     let mut submitted = 0;
     let mut skipped = 0;
@@ -280,7 +292,6 @@ fn walk(roots: &[PathBuf], submitter: &Submitter<PathBuf, FileReport>, tx: &Send
             Err(e) => drop(tx.send(failure(root, &e))),
         }
     }
-    dirs.reverse(); // a stack: the first root is walked first
     let mut submit = |path: PathBuf| {
         let accepted = submitter.submit(path).is_ok();
         submitted += u64::from(accepted);
@@ -292,26 +303,29 @@ fn walk(roots: &[PathBuf], submitter: &Submitter<PathBuf, FileReport>, tx: &Send
                 break 'walk;
             }
         }
-        while let Some(dir) = dirs.pop() {
-            let entries = match list(&dir) {
-                Ok(entries) => entries,
-                Err(e) => {
-                    let _ = tx.send(failure(&dir, &e));
-                    continue;
-                }
-            };
-            let first_subdir = dirs.len();
-            for (path, kind) in entries {
+        for dir in dirs {
+            // `walkdir` does not follow links (but the root, already known to be a directory),
+            // takes each entry's type from the directory listing (no extra `stat` on Linux),
+            // and reports a directory it cannot list as an error, then goes on.
+            let tree = WalkDir::new(&dir).min_depth(1).sort_by(files_first);
+            for entry in tree {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        let _ = tx.send(walk_failure(&dir, e));
+                        continue;
+                    }
+                };
+                let kind = entry.file_type();
                 let is_file = if kind.is_dir() {
-                    dirs.push(path);
-                    continue;
+                    continue; // `walkdir` goes into it
                 } else if kind.is_file() {
                     true
                 } else if kind.is_symlink() {
-                    match fs::metadata(&path) {
+                    match fs::metadata(entry.path()) {
                         Ok(target) => target.is_file(),
                         Err(e) => {
-                            let _ = tx.send(failure(&path, &e)); // a dangling link, say
+                            let _ = tx.send(failure(entry.path(), &e)); // a dangling link, say
                             continue;
                         }
                     }
@@ -320,25 +334,33 @@ fn walk(roots: &[PathBuf], submitter: &Submitter<PathBuf, FileReport>, tx: &Send
                 };
                 if !is_file {
                     skipped += 1;
-                } else if !submit(path) {
+                } else if !submit(entry.into_path()) {
                     break 'walk;
                 }
             }
-            dirs[first_subdir..].reverse(); // pop the subdirectories in name order
         }
     }
     let _ = tx.send(Walk::Done { submitted, skipped });
 }
 
-/// A directory's entries, sorted by name, with their types (no extra `stat` on Linux).
-fn list(dir: &Path) -> io::Result<Vec<(PathBuf, fs::FileType)>> {
-    let mut entries = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        entries.push((entry.path(), entry.file_type()?));
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(entries)
+/// A directory's entries in walking order: everything but subdirectories first, then the
+/// subdirectories, each group by name. (A link to a directory is not a directory here.)
+fn files_first(a: &DirEntry, b: &DirEntry) -> Ordering {
+    let is_dir = |e: &DirEntry| e.file_type().is_dir();
+    is_dir(a)
+        .cmp(&is_dir(b))
+        .then_with(|| a.file_name().cmp(b.file_name()))
+}
+
+/// A path `walkdir` could not list or inspect; the reason is the I/O error's own text, as for
+/// the roots.
+fn walk_failure(root: &Path, e: walkdir::Error) -> Walk {
+    let path = e.path().unwrap_or(root).to_owned();
+    let reason = match e.io_error() {
+        Some(io) => io.to_string(),
+        None => e.to_string(),
+    };
+    Walk::Failed(Failure { path, reason })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,41 +376,10 @@ enum Analyzed {
     Cancelled,
 }
 
-/// How often each word occurs (words of at most [`MAX_WORD`] bytes).
-type WordCounts = HashMap<Box<[u8]>, u64, BuildHasherDefault<FxHasher>>;
-
-/// rustc's FxHash: several times faster than std's SipHash on short keys, which matters
+/// How often each word occurs (words of at most [`MAX_WORD`] bytes). rustc's FxHash
+/// (`rustc-hash`) is several times faster than std's SipHash on short keys, which matters
 /// here (a hash per word). It does not resist HashDoS, which a local tool need not.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let mut last = [0u8; 8];
-        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        self.add(u64::from_le_bytes(last));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        // A product's low bits depend only on its inputs' low bits, and the table picks
-        // buckets by the low bits: bring the well-mixed high bits down.
-        self.0.rotate_left(26)
-    }
-}
+type WordCounts = FxHashMap<Box<[u8]>, u64>;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Counts {
@@ -902,53 +893,4 @@ fn group(n: u64) -> String {
         out.push(d);
     }
     out
-}
-
-// ---------------------------------------------------------------------------------------------
-// Arguments.
-
-/// `Ok(None)` for `--help`.
-fn parse_args(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Option<Args>, String> {
-    let mut parsed = Args {
-        roots: Vec::new(),
-        workers: None,
-        top: 10,
-        per_file: false,
-        json: false,
-    };
-    let mut args = args;
-    let mut only_paths = false;
-    while let Some(arg) = args.next() {
-        match arg.to_str() {
-            _ if only_paths => parsed.roots.push(arg.into()),
-            Some("--") => only_paths = true,
-            Some("--workers") => parsed.workers = Some(number(args.next(), "--workers")?),
-            Some("--top") => parsed.top = number(args.next(), "--top")?,
-            Some("--per-file") => parsed.per_file = true,
-            Some("--json") => parsed.json = true,
-            Some("-h" | "--help") => return Ok(None),
-            Some(flag) if flag.starts_with('-') && flag.len() > 1 => {
-                return Err(format!("unknown option {flag:?}"));
-            }
-            _ => parsed.roots.push(arg.into()),
-        }
-    }
-    if parsed.roots.is_empty() {
-        // This crate's own sources, so the example runs with no arguments.
-        parsed
-            .roots
-            .push(Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    }
-    Ok(Some(parsed))
-}
-
-fn number<T: std::str::FromStr>(
-    value: Option<std::ffi::OsString>,
-    flag: &str,
-) -> Result<T, String> {
-    let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
-    value
-        .to_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("{flag}: {value:?} is not a valid number"))
 }

@@ -1,4 +1,4 @@
-//! The `analyze` example run as a program: totals equal `wc`'s, unreadable paths don't stop it, Ctrl-C prints a partial report.
+//! The `analyze` example run as a program: totals equal `wc`'s, unreadable paths don't stop it, Ctrl-C prints a partial report, options parse both ways.
 #![cfg(unix)]
 
 use std::ffi::OsString;
@@ -375,4 +375,77 @@ fn ctrl_c_prints_a_partial_report() {
     assert_eq!(totals(&json), [3, 6, 33]);
     assert_eq!(json["cancelled"], 1);
     assert!(run.stderr.contains("interrupted"), "{}", run.stderr);
+}
+
+#[test]
+fn options_take_their_value_after_a_space_or_an_equals_sign() {
+    let tree = Tree::new("options");
+    tree.file("a.txt", b"one two\nthree\n");
+    tree.file("sub/b.txt", b"four\n");
+    let equals: [OsString; 2] = ["--workers=2".into(), "--top=1".into()];
+    let spaced: [OsString; 4] = ["--workers".into(), "2".into(), "--top".into(), "1".into()];
+    for options in [&equals[..], &spaced[..]] {
+        let mut args = options.to_vec();
+        args.extend(["--json".into(), tree.0.clone().into()]);
+        let run = analyze(&args, None);
+        assert!(
+            run.status.success(),
+            "{args:?}: exit {:?}: {}",
+            run.status,
+            run.stderr
+        );
+        let json = run.json();
+        assert_eq!(json["workers"], 2, "{args:?}");
+        assert_eq!(totals(&json), [3, 4, 19], "{args:?}");
+        assert_eq!(json["top_words"].as_array().unwrap().len(), 1, "{args:?}");
+    }
+}
+
+#[test]
+fn help_and_version_succeed_and_bad_usage_exits_2() {
+    let help = analyze(&["--help".into()], None);
+    assert!(help.status.success(), "{:?}: {}", help.status, help.stderr);
+    for option in [
+        "--workers <N>",
+        "--top <N>",
+        "--per-file",
+        "--json",
+        "--version",
+    ] {
+        assert!(
+            help.stdout.contains(option),
+            "{option} is not in:\n{}",
+            help.stdout
+        );
+    }
+
+    let version = analyze(&["--version".into()], None);
+    assert!(
+        version.status.success(),
+        "{:?}: {}",
+        version.status,
+        version.stderr
+    );
+    assert!(
+        version.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "{}",
+        version.stdout
+    );
+
+    for bad in [
+        &["--wrkers=2"][..],
+        &["--workers=two"],
+        &["--workers"],
+        &["--json=yes"],
+    ] {
+        let args: Vec<OsString> = bad.iter().map(OsString::from).collect();
+        let run = analyze(&args, None);
+        assert_eq!(run.status.code(), Some(2), "{bad:?}: {}", run.stderr);
+        assert!(
+            run.stdout.is_empty(),
+            "{bad:?} printed a report:\n{}",
+            run.stdout
+        );
+        assert!(run.stderr.contains("error"), "{bad:?}: {}", run.stderr);
+    }
 }
