@@ -1,18 +1,20 @@
 //! The builder: `Option` fields ("not set" is distinct from any value), by-value setters, and
 //! all validation in [`Builder::build`].
 
-use std::any::{Any, TypeId, type_name};
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use crate::error::{BuildError, BuildErrorKind};
-use crate::message::{Response, WorkerId};
+use crate::context::JobContext;
+use crate::distribution::{IntoDistribution, Spread};
+use crate::error::{BuildError, Detail};
+use crate::ids::WorkerId;
 use crate::orchestrator::Orchestrator;
-use crate::worker::{Forward, Handoff, JobContext};
+use crate::response::Response;
+use crate::runtime;
+use crate::worker::{Forward, Handoff};
 
 /// The default bound on queued requests.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -41,160 +43,14 @@ pub const MIN_STACK_SIZE: usize = 64 * 1024;
 /// The default prefix of thread names.
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
 
-/// How requests are spread over the workers.
-///
-/// For per-key ordering, pass [`Distribution::by_key`] to
-/// [`Builder::distribution`] instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum Distribution {
-    /// One bounded MPMC queue that every worker receives from (the default). The first idle
-    /// worker takes the next request: the best choice for jobs of uneven length.
-    #[default]
-    Shared,
-    /// One bounded queue per worker; submits rotate over them. Each worker serves its own
-    /// queue first, and steals from the others only when its own is empty, so a slow worker
-    /// never strands requests while others idle, and a submit only reports `Full` (or blocks)
-    /// when every queue is full. The trade-off against `Shared`: producers and workers touch
-    /// different queues (less contention when several producers submit short jobs), but a
-    /// submit that finds its queue full scans the others, and the total capacity is split
-    /// evenly, so one worker's queue holds at most `ceil(queue_capacity / workers)`.
-    RoundRobin,
-}
-
-impl Distribution {
-    /// Per-key queues: requests with the same key always run on the same worker, in submit
-    /// order — per-key ordering, like a partitioned log. Pass the result to
-    /// [`Builder::distribution`].
-    ///
-    /// One bounded queue per worker, `hash(key) % workers` picks it, and there is no
-    /// stealing (it would break the order). The cost: a hot key loads one worker while the
-    /// others idle, and a submit blocks (or `try_submit` reports `Full`) when *its* worker's
-    /// queue is full, whatever room the others have. While a worker is down (its thread died
-    /// and its replacement is not running yet), its keys wait for it: see the crate docs'
-    /// Guarantees.
-    ///
-    /// `Req` must be the orchestrator's request type; [`Builder::build`] checks it. The key
-    /// function is owned by the pool and dropped with it (and with the builder, if it is
-    /// never built). It runs on the submitting thread: if it panics, the submit panics and
-    /// the request is dropped, nothing enqueued.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use channel_orchestrator::{Distribution, Orchestrator};
-    ///
-    /// // (account, amount): every update of one account runs on one worker, in order.
-    /// let (orch, responses) = Orchestrator::builder()
-    ///     .workers(4)
-    ///     .distribution(Distribution::by_key(|req: &(u32, i64)| req.0))
-    ///     .build(|(account, amount): (u32, i64)| (account, amount))?;
-    /// for amount in 0..100 {
-    ///     orch.submit((7, amount)).unwrap();
-    /// }
-    /// let seen: Vec<i64> = responses.iter().take(100).map(|r| r.outcome.unwrap().1).collect();
-    /// assert_eq!(seen, (0..100).collect::<Vec<_>>());
-    /// # Ok::<(), channel_orchestrator::BuildError>(())
-    /// ```
-    pub fn by_key<Req, K, F>(key: F) -> ByKey
-    where
-        Req: 'static,
-        K: Hash,
-        F: Fn(&Req) -> K + Send + Sync + 'static,
-    {
-        ByKey {
-            hash: Arc::new(move |req: &dyn Any| {
-                // `build` checked that requests are `Req`.
-                let req = req
-                    .downcast_ref::<Req>()
-                    .expect("key type checked at build");
-                let mut h = DefaultHasher::new();
-                key(req).hash(&mut h);
-                h.finish()
-            }),
-            req_type: TypeId::of::<Req>(),
-            req_name: type_name::<Req>(),
-        }
-    }
-}
-
-type HashFn = dyn Fn(&dyn Any) -> u64 + Send + Sync;
-
-/// Per-key distribution, made by [`Distribution::by_key`] and passed to
-/// [`Builder::distribution`]. It owns the key function; clones share it.
-#[derive(Clone)]
-pub struct ByKey {
-    hash: Arc<HashFn>,
-    req_type: TypeId,
-    req_name: &'static str,
-}
-
-impl ByKey {
-    /// The queue of `req` among `n`.
-    pub(crate) fn queue<Req: 'static>(&self, req: &Req, n: usize) -> usize {
-        ((self.hash)(req) % n as u64) as usize
-    }
-
-    fn check<Req: 'static>(&self) -> Result<(), BuildError> {
-        if self.req_type == TypeId::of::<Req>() {
-            Ok(())
-        } else {
-            Err(BuildError::new(BuildErrorKind::KeyType {
-                expected: self.req_name,
-                found: type_name::<Req>(),
-            }))
-        }
-    }
-}
-
-impl fmt::Debug for ByKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ByKey(&{})", self.req_name)
-    }
-}
-
-/// What [`Builder::distribution`] takes: a [`Distribution`] or a [`ByKey`]. Sealed.
-pub trait IntoDistribution: sealed::Sealed {
-    #[doc(hidden)]
-    fn into_spread(self) -> Spread;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Distribution {}
-    impl Sealed for super::ByKey {}
-}
-
-impl IntoDistribution for Distribution {
-    fn into_spread(self) -> Spread {
-        match self {
-            Distribution::Shared => Spread::Shared,
-            Distribution::RoundRobin => Spread::RoundRobin,
-        }
-    }
-}
-
-impl IntoDistribution for ByKey {
-    fn into_spread(self) -> Spread {
-        Spread::ByKey(self)
-    }
-}
-
-/// The distribution a builder was given. (`pub` only for the sealed [`IntoDistribution`].)
-#[doc(hidden)]
-#[allow(unreachable_pub)]
-#[derive(Debug, Clone, Default)]
-pub enum Spread {
-    #[default]
-    Shared,
-    RoundRobin,
-    ByKey(ByKey),
-}
-
-/// Configures and starts an [`Orchestrator`]. Create it with [`Orchestrator::builder`].
+/// Configures and starts an [`Orchestrator`]. Create it with [`Orchestrator::builder`],
+/// [`Builder::new`] or [`Builder::default`].
 ///
 /// Every setter takes and returns the builder by value; nothing is checked until
-/// [`build`](Builder::build).
+/// [`build`](Builder::build). The type parameters are the request and response types of the
+/// orchestrator it builds; they are inferred from the handler, so they are never written
+/// out (they are there so that `type Pool = Orchestrator<String, usize>; Pool::builder()`
+/// works too).
 ///
 /// # Examples
 ///
@@ -213,9 +69,8 @@ pub enum Spread {
 /// assert_eq!(responses.recv().unwrap().outcome, Ok(42));
 /// # Ok::<(), channel_orchestrator::BuildError>(())
 /// ```
-#[derive(Debug, Clone, Default)]
 #[must_use = "a builder does nothing until build() is called"]
-pub struct Builder {
+pub struct Builder<Req = (), Resp = ()> {
     workers: Option<usize>,
     queue_capacity: Option<usize>,
     response_capacity: Option<usize>,
@@ -225,6 +80,50 @@ pub struct Builder {
     metrics: Option<bool>,
     timing_sample: Option<usize>,
     stack_size: Option<usize>,
+    _types: PhantomData<fn(Req) -> Resp>,
+}
+
+impl<Req, Resp> Default for Builder<Req, Resp> {
+    fn default() -> Self {
+        Builder {
+            workers: None,
+            queue_capacity: None,
+            response_capacity: None,
+            distribution: Spread::default(),
+            thread_name: None,
+            metrics_interval: None,
+            metrics: None,
+            timing_sample: None,
+            stack_size: None,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp> Clone for Builder<Req, Resp> {
+    fn clone(&self) -> Self {
+        Builder {
+            distribution: self.distribution.clone(),
+            thread_name: self.thread_name.clone(),
+            ..*self
+        }
+    }
+}
+
+impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("workers", &self.workers)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("response_capacity", &self.response_capacity)
+            .field("distribution", &self.distribution)
+            .field("thread_name", &self.thread_name)
+            .field("metrics_interval", &self.metrics_interval)
+            .field("metrics", &self.metrics)
+            .field("timing_sample", &self.timing_sample)
+            .field("stack_size", &self.stack_size)
+            .finish()
+    }
 }
 
 /// A validated configuration.
@@ -242,10 +141,46 @@ pub(crate) struct Config {
     pub(crate) stack_size: Option<usize>,
 }
 
-impl Builder {
-    /// A builder with every option unset (see each setter for its default).
+impl<Req, Resp> Builder<Req, Resp> {
+    /// A builder with every option unset (see each setter for its default); the same as
+    /// [`Orchestrator::builder`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_orchestrator::{Builder, Orchestrator};
+    ///
+    /// type Pool = Orchestrator<String, usize>;
+    /// let (pool, _responses): (Pool, _) = Builder::new().workers(2).build(|s: String| s.len())?;
+    /// assert_eq!(pool.call("four".to_string()), Ok(4));
+    /// let (same, _responses) = Pool::builder().workers(1).build(|s: String| s.len())?;
+    /// assert_eq!(same.call("five!".to_string()), Ok(5));
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
     pub fn new() -> Self {
         Builder::default()
+    }
+
+    /// The same options without a bound on responses (pipeline stages send none).
+    pub(crate) fn without_response_capacity(mut self) -> Self {
+        self.response_capacity = None;
+        self
+    }
+
+    /// The same options for another request and response type (pipeline stages).
+    pub(crate) fn retype<R, S>(self) -> Builder<R, S> {
+        Builder {
+            workers: self.workers,
+            queue_capacity: self.queue_capacity,
+            response_capacity: self.response_capacity,
+            distribution: self.distribution,
+            thread_name: self.thread_name,
+            metrics_interval: self.metrics_interval,
+            metrics: self.metrics,
+            timing_sample: self.timing_sample,
+            stack_size: self.stack_size,
+            _types: PhantomData,
+        }
     }
 
     /// The number of worker threads. Default: `num_cpus::get()`. `0`, or more than
@@ -271,8 +206,8 @@ impl Builder {
         self
     }
 
-    /// How requests are spread over workers: a [`Distribution`], or per-key queues made by
-    /// [`Distribution::by_key`]. Default: [`Distribution::Shared`].
+    /// How requests are spread over workers: a [`Distribution`](crate::Distribution), or per-key queues made by
+    /// [`Distribution::by_key`](crate::Distribution::by_key). Default: [`Distribution::Shared`](crate::Distribution::Shared).
     pub fn distribution(mut self, d: impl IntoDistribution) -> Self {
         self.distribution = d.into_spread();
         self
@@ -324,47 +259,47 @@ impl Builder {
         self
     }
 
-    fn config(self) -> Result<Config, BuildError> {
+    pub(crate) fn config(self) -> Result<Config, BuildError> {
         let workers = self.workers.unwrap_or_else(num_cpus::get);
         if workers == 0 {
-            return Err(BuildError::new(BuildErrorKind::ZeroWorkers));
+            return Err(BuildError::new(Detail::ZeroWorkers));
         }
         if workers > MAX_WORKERS {
-            return Err(BuildError::new(BuildErrorKind::TooManyWorkers));
+            return Err(BuildError::new(Detail::TooManyWorkers));
         }
         let queue_capacity = self.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
         if queue_capacity == 0 {
-            return Err(BuildError::new(BuildErrorKind::ZeroQueueCapacity));
+            return Err(BuildError::new(Detail::ZeroQueueCapacity));
         }
         if queue_capacity > MAX_QUEUE_CAPACITY {
-            return Err(BuildError::new(BuildErrorKind::QueueTooLarge));
+            return Err(BuildError::new(Detail::QueueTooLarge));
         }
         if self
             .response_capacity
             .is_some_and(|c| c > MAX_QUEUE_CAPACITY)
         {
-            return Err(BuildError::new(BuildErrorKind::ResponsesTooLarge));
+            return Err(BuildError::new(Detail::ResponsesTooLarge));
         }
         let metrics_interval = self.metrics_interval.unwrap_or(DEFAULT_METRICS_INTERVAL);
         if metrics_interval.is_zero() {
-            return Err(BuildError::new(BuildErrorKind::ZeroMetricsInterval));
+            return Err(BuildError::new(Detail::ZeroMetricsInterval));
         }
         let metrics_interval = metrics_interval.min(MAX_METRICS_INTERVAL);
         let timing_sample = match self.timing_sample.unwrap_or(1) {
-            0 => return Err(BuildError::new(BuildErrorKind::ZeroTimingSample)),
+            0 => return Err(BuildError::new(Detail::ZeroTimingSample)),
             n => n.min(MAX_TIMING_SAMPLE).next_power_of_two(),
         };
         if self.stack_size.is_some_and(|b| b < MIN_STACK_SIZE) {
-            return Err(BuildError::new(BuildErrorKind::StackSize));
+            return Err(BuildError::new(Detail::StackSize));
         }
         let thread_name = self
             .thread_name
             .unwrap_or_else(|| DEFAULT_THREAD_NAME.to_owned());
         if thread_name.is_empty() {
-            return Err(BuildError::new(BuildErrorKind::EmptyThreadName));
+            return Err(BuildError::new(Detail::EmptyThreadName));
         }
         if thread_name.contains('\0') {
-            return Err(BuildError::new(BuildErrorKind::NulInThreadName));
+            return Err(BuildError::new(Detail::NulInThreadName));
         }
         Ok(Config {
             workers,
@@ -378,7 +313,9 @@ impl Builder {
             stack_size: self.stack_size,
         })
     }
+}
 
+impl<Req: Send + 'static, Resp: Send + 'static> Builder<Req, Resp> {
     /// Starts the pool with a stateless handler. Returns the orchestrator and the receiver of
     /// responses to `submit`, `try_submit` and `submit_timeout` (`call` answers directly).
     ///
@@ -392,16 +329,14 @@ impl Builder {
     /// its maximum, `stack_size` is below its minimum, the thread name is empty or holds a NUL
     /// byte, or a thread could not be spawned. No thread is left running.
     #[allow(clippy::type_complexity)] // the pair is the API; an alias would hide it in docs
-    pub fn build<Req, Resp, F>(
+    pub fn build<F>(
         self,
         handler: F,
     ) -> Result<(Orchestrator<Req, Resp>, Receiver<Response<Resp>>), BuildError>
     where
-        Req: Send + 'static,
-        Resp: Send + 'static,
         F: Fn(Req) -> Resp + Send + Sync + 'static,
     {
-        self.build_with_state(|_: WorkerId| (), move |_: &mut (), req| handler(req))
+        self.build_with_state(|_: WorkerId| (), move |_: &mut (), req: Req| handler(req))
     }
 
     /// Starts the pool with per-worker state: `init` runs on each worker thread to create its
@@ -412,7 +347,7 @@ impl Builder {
     /// # Errors
     ///
     /// As [`build`](Builder::build), and also when `init` panics on first start (the message is
-    /// in the error), or a [`Distribution::by_key`] function takes another type than `Req`.
+    /// in the error), or a [`Distribution::by_key`](crate::Distribution::by_key) function takes another type than `Req`.
     ///
     /// # Examples
     ///
@@ -430,19 +365,17 @@ impl Builder {
     /// # Ok::<(), channel_orchestrator::BuildError>(())
     /// ```
     #[allow(clippy::type_complexity)] // the pair is the API; an alias would hide it in docs
-    pub fn build_with_state<Req, Resp, S, I, H>(
+    pub fn build_with_state<S, I, H>(
         self,
         init: I,
         handler: H,
     ) -> Result<(Orchestrator<Req, Resp>, Receiver<Response<Resp>>), BuildError>
     where
-        Req: Send + 'static,
-        Resp: Send + 'static,
         S: 'static,
         I: Fn(WorkerId) -> S + Send + Sync + 'static,
         H: Fn(&mut S, Req) -> Resp + Send + Sync + 'static,
     {
-        self.build_with_context(init, move |state: &mut S, _: &JobContext, req| {
+        self.build_with_context(init, move |state: &mut S, _: &JobContext, req: Req| {
             handler(state, req)
         })
     }
@@ -480,14 +413,12 @@ impl Builder {
     /// # Ok::<(), channel_orchestrator::BuildError>(())
     /// ```
     #[allow(clippy::type_complexity)] // the pair is the API; an alias would hide it in docs
-    pub fn build_with_context<Req, Resp, S, I, H>(
+    pub fn build_with_context<S, I, H>(
         self,
         init: I,
         handler: H,
     ) -> Result<(Orchestrator<Req, Resp>, Receiver<Response<Resp>>), BuildError>
     where
-        Req: Send + 'static,
-        Resp: Send + 'static,
         S: 'static,
         I: Fn(WorkerId) -> S + Send + Sync + 'static,
         H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
@@ -496,23 +427,21 @@ impl Builder {
         if let Spread::ByKey(key) = &config.distribution {
             key.check::<Req>()?;
         }
-        Orchestrator::start(config, init, handler, None)
+        runtime::start(config, init, handler, None)
     }
+}
 
+impl<Req: Send + 'static> Builder<Req, Handoff> {
     /// Starts a pipeline stage: its handler returns the hand-off to the next stage, which
     /// its workers run instead of sending a response.
-    pub(crate) fn build_stage<Req, H>(
-        self,
-        handler: H,
-    ) -> Result<Orchestrator<Req, Handoff>, BuildError>
+    pub(crate) fn build_stage<H>(self, handler: H) -> Result<Orchestrator<Req, Handoff>, BuildError>
     where
-        Req: Send + 'static,
         H: Fn(&mut (), &JobContext, Req) -> Handoff + Send + Sync + 'static,
     {
         let config = self.config()?;
         let identity: Forward<Handoff> = |handoff| handoff;
         let (orch, _nothing_is_sent_here) =
-            Orchestrator::start(config, |_| (), handler, Some(identity))?;
+            runtime::start(config, |_| (), handler, Some(identity))?;
         Ok(orch)
     }
 }

@@ -15,8 +15,9 @@ use std::io;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum JobError {
-    /// The handler panicked; the string is the panic message (or `"Box<dyn Any>"` when the
-    /// payload was neither a `&str` nor a `String`). The worker that ran it keeps serving.
+    /// The handler panicked; the string is the panic message (for a payload that is not a
+    /// `&str` or `String`: its type, and its value when it is a number, `bool`, `char` or
+    /// error). The worker that ran it keeps serving.
     Panicked(String),
     /// The worker thread running this `call` died outside the handler (a panic inside a
     /// `Drop` implementation of a request, response or panic payload) before it could answer.
@@ -142,6 +143,89 @@ impl<T> CallError<T> {
     }
 }
 
+/// The error of [`Orchestrator::call_timeout`](crate::Orchestrator::call_timeout).
+#[derive(PartialEq, Eq, Clone)]
+pub enum CallTimeoutError<T> {
+    /// No queue space freed up before the timeout: not accepted; the request comes back.
+    Timeout(T),
+    /// Accepted, but no answer came before the timeout. The request cannot come back: a
+    /// worker that takes it after the deadline does not run it (it counts as `failed`, its
+    /// answer as `undelivered`); if it was already running, its result is discarded
+    /// (counted as `undelivered`).
+    Expired,
+    /// The orchestrator is shut down; the request was never accepted.
+    ShutDown(T),
+    /// Accepted, but a shutdown took it off the queue before it started.
+    Cancelled(T),
+    /// It ran (or its worker died) without producing a value; see [`CallError::Failed`].
+    Failed(JobError),
+}
+
+impl<T> CallTimeoutError<T> {
+    /// Returns the request if this error holds it (`Timeout`, `ShutDown`, `Cancelled`).
+    pub fn into_inner(self) -> Option<T> {
+        match self {
+            CallTimeoutError::Timeout(t)
+            | CallTimeoutError::ShutDown(t)
+            | CallTimeoutError::Cancelled(t) => Some(t),
+            CallTimeoutError::Expired | CallTimeoutError::Failed(_) => None,
+        }
+    }
+
+    /// Returns `true` if the timeout passed, before or after the request was accepted.
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            CallTimeoutError::Timeout(_) | CallTimeoutError::Expired
+        )
+    }
+}
+
+impl<T> From<CallError<T>> for CallTimeoutError<T> {
+    fn from(e: CallError<T>) -> Self {
+        match e {
+            CallError::ShutDown(t) => CallTimeoutError::ShutDown(t),
+            CallError::Cancelled(t) => CallTimeoutError::Cancelled(t),
+            CallError::Failed(e) => CallTimeoutError::Failed(e),
+        }
+    }
+}
+
+impl<T> fmt::Debug for CallTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            CallTimeoutError::Expired => f.write_str("Expired"),
+            CallTimeoutError::ShutDown(_) => f.write_str("ShutDown(..)"),
+            CallTimeoutError::Cancelled(_) => f.write_str("Cancelled(..)"),
+            CallTimeoutError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+        }
+    }
+}
+
+impl<T> fmt::Display for CallTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallTimeoutError::Timeout(_) => f.write_str("timed out waiting for queue space"),
+            CallTimeoutError::Expired => f.write_str("timed out waiting for the answer"),
+            CallTimeoutError::ShutDown(_) => f.write_str(SHUT_DOWN),
+            CallTimeoutError::Cancelled(_) => {
+                f.write_str("request was cancelled by shutdown before it started")
+            }
+            CallTimeoutError::Failed(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl<T> Error for CallTimeoutError<T> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            CallTimeoutError::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 macro_rules! debug_without_t {
     ($ty:ident { $($variant:ident($binding:pat) => $text:expr),* $(,)? }) => {
         impl<T> fmt::Debug for $ty<T> {
@@ -221,15 +305,50 @@ impl<T> Error for CallError<T> {
 /// The error of [`Builder::build`](crate::Builder::build): the configuration was refused or
 /// the pool could not start. No thread is left running when it is returned.
 ///
-/// It is opaque, as rayon's `ThreadPoolBuildError` is: print it, or look at its
-/// [`source`](Error::source) for the underlying I/O error.
+/// Print it, ask its [`kind`](BuildError::kind), or look at its [`source`](Error::source)
+/// for the underlying I/O error of a failed spawn.
 #[derive(Debug)]
 pub struct BuildError {
-    kind: BuildErrorKind,
+    detail: Detail,
 }
 
+/// The kind of a [`BuildError`], for programs that must tell a bad setting from a spawn
+/// failure or a panicking `init` without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BuildErrorKind {
+    /// `workers` is 0.
+    ZeroWorkers,
+    /// `workers` is above [`MAX_WORKERS`](crate::MAX_WORKERS) (for a pipeline: all its stages'
+    /// workers together).
+    TooManyWorkers,
+    /// `queue_capacity` is 0.
+    ZeroQueueCapacity,
+    /// `queue_capacity` is above [`MAX_QUEUE_CAPACITY`](crate::MAX_QUEUE_CAPACITY).
+    QueueTooLarge,
+    /// `response_capacity` is above [`MAX_QUEUE_CAPACITY`](crate::MAX_QUEUE_CAPACITY).
+    ResponsesTooLarge,
+    /// `metrics_interval` is zero.
+    ZeroMetricsInterval,
+    /// `timing_sample` is 0.
+    ZeroTimingSample,
+    /// `stack_size` is below [`MIN_STACK_SIZE`](crate::MIN_STACK_SIZE).
+    StackTooSmall,
+    /// The thread name is empty.
+    EmptyThreadName,
+    /// The thread name holds a NUL byte.
+    NulInThreadName,
+    /// A `by_key` function takes another type than the orchestrator's requests.
+    KeyType,
+    /// A thread could not be spawned; [`source`](Error::source) is the I/O error.
+    Spawn,
+    /// A worker's `init` panicked at start; the message holds the panic's.
+    InitPanicked,
+}
+
+/// What went wrong, with the details the message shows.
 #[derive(Debug)]
-pub(crate) enum BuildErrorKind {
+pub(crate) enum Detail {
     ZeroWorkers,
     ZeroQueueCapacity,
     ZeroMetricsInterval,
@@ -255,59 +374,85 @@ pub(crate) enum BuildErrorKind {
 }
 
 impl BuildError {
-    pub(crate) fn new(kind: BuildErrorKind) -> Self {
-        BuildError { kind }
+    pub(crate) fn new(detail: Detail) -> Self {
+        BuildError { detail }
+    }
+
+    /// What kind of failure this is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_orchestrator::{BuildErrorKind, Orchestrator};
+    ///
+    /// let e = Orchestrator::builder().workers(0).build(|x: u32| x).unwrap_err();
+    /// assert_eq!(e.kind(), BuildErrorKind::ZeroWorkers);
+    /// ```
+    pub fn kind(&self) -> BuildErrorKind {
+        match &self.detail {
+            Detail::ZeroWorkers => BuildErrorKind::ZeroWorkers,
+            Detail::ZeroQueueCapacity => BuildErrorKind::ZeroQueueCapacity,
+            Detail::ZeroMetricsInterval => BuildErrorKind::ZeroMetricsInterval,
+            Detail::ZeroTimingSample => BuildErrorKind::ZeroTimingSample,
+            Detail::EmptyThreadName => BuildErrorKind::EmptyThreadName,
+            Detail::NulInThreadName => BuildErrorKind::NulInThreadName,
+            Detail::TooManyWorkers => BuildErrorKind::TooManyWorkers,
+            Detail::QueueTooLarge => BuildErrorKind::QueueTooLarge,
+            Detail::ResponsesTooLarge => BuildErrorKind::ResponsesTooLarge,
+            Detail::StackSize => BuildErrorKind::StackTooSmall,
+            Detail::Spawn { .. } => BuildErrorKind::Spawn,
+            Detail::InitPanicked { .. } => BuildErrorKind::InitPanicked,
+            Detail::KeyType { .. } => BuildErrorKind::KeyType,
+        }
     }
 }
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            BuildErrorKind::ZeroWorkers => {
-                f.write_str("invalid configuration: workers must be at least 1")
-            }
-            BuildErrorKind::ZeroQueueCapacity => {
+        match &self.detail {
+            Detail::ZeroWorkers => f.write_str("invalid configuration: workers must be at least 1"),
+            Detail::ZeroQueueCapacity => {
                 f.write_str("invalid configuration: queue_capacity must be at least 1")
             }
-            BuildErrorKind::ZeroMetricsInterval => {
+            Detail::ZeroMetricsInterval => {
                 f.write_str("invalid configuration: metrics_interval must be greater than zero")
             }
-            BuildErrorKind::ZeroTimingSample => {
+            Detail::ZeroTimingSample => {
                 f.write_str("invalid configuration: timing_sample must be at least 1")
             }
-            BuildErrorKind::EmptyThreadName => {
+            Detail::EmptyThreadName => {
                 f.write_str("invalid configuration: thread_name must not be empty")
             }
-            BuildErrorKind::NulInThreadName => {
+            Detail::NulInThreadName => {
                 f.write_str("invalid configuration: thread_name must not contain a NUL byte")
             }
-            BuildErrorKind::TooManyWorkers => write!(
+            Detail::TooManyWorkers => write!(
                 f,
                 "invalid configuration: workers must be at most {}",
                 crate::builder::MAX_WORKERS
             ),
-            BuildErrorKind::ResponsesTooLarge => write!(
+            Detail::ResponsesTooLarge => write!(
                 f,
                 "invalid configuration: response_capacity must be at most {}",
                 crate::builder::MAX_QUEUE_CAPACITY
             ),
-            BuildErrorKind::QueueTooLarge => write!(
+            Detail::QueueTooLarge => write!(
                 f,
                 "invalid configuration: queue_capacity must be at most {}",
                 crate::builder::MAX_QUEUE_CAPACITY
             ),
-            BuildErrorKind::StackSize => write!(
+            Detail::StackSize => write!(
                 f,
                 "invalid configuration: stack_size must be at least {} bytes",
                 crate::builder::MIN_STACK_SIZE
             ),
-            BuildErrorKind::Spawn { thread, source } => {
+            Detail::Spawn { thread, source } => {
                 write!(f, "failed to spawn thread {thread:?}: {source}")
             }
-            BuildErrorKind::InitPanicked { worker, message } => {
+            Detail::InitPanicked { worker, message } => {
                 write!(f, "worker {worker} state init panicked: {message}")
             }
-            BuildErrorKind::KeyType { expected, found } => write!(
+            Detail::KeyType { expected, found } => write!(
                 f,
                 "invalid configuration: the by_key function takes {expected} but requests are {found}"
             ),
@@ -317,8 +462,8 @@ impl fmt::Display for BuildError {
 
 impl Error for BuildError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match &self.kind {
-            BuildErrorKind::Spawn { source, .. } => Some(source),
+        match &self.detail {
+            Detail::Spawn { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -13,7 +13,7 @@
 //!        └── Full / Timeout / ShutDown(req)      │ per job
 //!                                                ├── status ──► supervisor (select!: status,
 //!                                                │              shutdown, deadline, respawn)
-//!                                                └── stats ───► broadcaster (tick, totals) ──► subscribers
+//!                                                └── stats ───► metrics thread (tick, totals) ──► subscribers
 //! ```
 //!
 //! # Hello, world
@@ -158,7 +158,7 @@
 //! # Metrics
 //!
 //! Metrics are events, not shared counters: each worker counts locally and reports in
-//! batches to a broadcaster thread that owns the totals. [`Orchestrator::metrics`] asks it
+//! batches to a metrics thread thread that owns the totals. [`Orchestrator::metrics`] asks it
 //! for a [`MetricsSnapshot`]; [`Orchestrator::subscribe`] streams [`MetricsEvent`]s: a
 //! snapshot every `metrics_interval`, worker lifecycle events, and last the exact
 //! [`ShutdownSummary`]. A subscriber that stops reading is evicted, never waited for.
@@ -268,40 +268,49 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-mod broadcast;
 mod builder;
+mod context;
+mod distribution;
 mod error;
+mod ids;
+mod intake;
 mod message;
 mod metrics;
+mod metrics_thread;
 mod orchestrator;
 mod pipeline;
 mod process;
+mod reentry;
+mod report;
+mod response;
+mod runtime;
 mod supervisor;
+mod unwind;
 mod worker;
 
 pub use crossbeam_channel;
 
 pub use crate::builder::{
-    Builder, ByKey, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
-    Distribution, IntoDistribution, MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE,
-    MAX_WORKERS, MIN_STACK_SIZE,
+    Builder, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
+    MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
 };
+pub use crate::context::JobContext;
+pub use crate::distribution::{ByKey, Distribution, IntoDistribution};
 pub use crate::error::{
-    BuildError, CallError, JobError, SubmitError, SubmitTimeoutError, TrySubmitError,
+    BuildError, BuildErrorKind, CallError, CallTimeoutError, JobError, SubmitError,
+    SubmitTimeoutError, TrySubmitError,
 };
-pub use crate::message::{RequestId, Response, WorkerId};
+pub use crate::ids::{RequestId, WorkerId};
 pub use crate::metrics::{
-    LatencySummary, MetricsEvent, MetricsSnapshot, ShutdownSummary, WorkerEvent, WorkerEventKind,
-    WorkerSnapshot, WorkerState,
+    LatencySummary, MetricsEvent, MetricsSnapshot, WorkerEvent, WorkerEventKind, WorkerSnapshot,
+    WorkerState,
 };
-pub use crate::orchestrator::{
-    DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY, Orchestrator, ShutdownReport, Submitter,
-};
-pub use crate::pipeline::{
-    Chain, First, NoStages, Pipeline, PipelineBuilder, PipelineSnapshot, Then,
-};
+pub use crate::orchestrator::{Orchestrator, Submitter};
+pub use crate::pipeline::{Pipeline, PipelineBuilder, PipelineSnapshot, PipelineSubmitter};
 pub use crate::process::{Process, ProcessOrdered};
-pub use crate::worker::JobContext;
+pub use crate::report::{ShutdownReport, ShutdownSummary};
+pub use crate::response::Response;
+pub use crate::runtime::{DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY};
 
 /// Compile-time checks of the auto traits the contract promises.
 #[allow(dead_code)]

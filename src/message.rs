@@ -1,5 +1,5 @@
-//! The private protocol between threads, and the public values that travel on it
-//! ([`RequestId`], [`WorkerId`], [`Response`]).
+//! The private protocol between threads: the envelopes, status and control messages, and
+//! which thread sends and receives each.
 //!
 //! Channels, who sends and who receives (each closes by dropping its senders):
 //!
@@ -9,84 +9,18 @@
 //! | responses (`Response`) | workers, supervisor (spare clone for replacements) | the user | every worker and the supervisor exited |
 //! | call reply (`Reply`) | the worker that ran the job (or the supervisor, cancelling) | the waiting `call` | never while pooled: the sender travels back in the reply |
 //! | status (`Status`) | workers | supervisor | the supervisor drops its spare sender after the last worker exited |
-//! | broadcast (`ToBroadcaster`) | workers (stats), supervisor (events, finish) | broadcaster | after `Finish`, the broadcaster returns |
-//! | broadcast control (`Control`) | the orchestrator (`subscribe`, `metrics`) | broadcaster | the orchestrator is shut down |
+//! | metrics (`ToMetrics`) | workers (stats), supervisor (events, finish) | metrics thread | after `Finish`, the metrics thread returns |
+//! | metrics requests (`MetricsRequest`) | the orchestrator (`subscribe`, `metrics`) | metrics thread | the orchestrator is shut down |
 
-use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
-use crate::error::{CallError, JobError};
+use crate::error::CallError;
+use crate::ids::RequestId;
 use crate::metrics::{Histogram, MetricsEvent, MetricsSnapshot, WorkerEventKind};
-
-/// The id of an accepted request, unique per orchestrator, as [`submit`] returned it.
-///
-/// Ids increase in the order requests are accepted through one handle, and are unique
-/// across all handles of the same orchestrator.
-///
-/// [`submit`]: crate::Orchestrator::submit
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct RequestId(pub(crate) u64);
-
-impl RequestId {
-    /// The id as a number.
-    pub fn as_u64(self) -> u64 {
-        self.0
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-/// The index of a worker, `0..workers`. A replacement thread keeps the id of the one it replaces.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct WorkerId(pub(crate) usize);
-
-impl WorkerId {
-    /// The index as a number, `0..workers`.
-    pub fn index(self) -> usize {
-        self.0
-    }
-}
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
-    }
-}
-
-/// The result of one request submitted with `submit`, `try_submit` or `submit_timeout`,
-/// as it arrives on the responses channel.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Response<Resp> {
-    /// The id that `submit` returned.
-    pub id: RequestId,
-    /// The worker that ran it.
-    pub worker: WorkerId,
-    /// The handler's value, or `Err(JobError::Panicked(message))` when it panicked.
-    pub outcome: Result<Resp, JobError>,
-    /// Time from the submit to the start of the handler (zero with `.metrics(false)`, and
-    /// for a job that [`timing_sample`](crate::Builder::timing_sample) left untimed).
-    pub queue_time: Duration,
-    /// Time spent in the handler (zero with `.metrics(false)`, and for an untimed job).
-    pub handler_time: Duration,
-}
-
-impl<Resp> Response<Resp> {
-    /// Returns the handler's value, or the error when it panicked.
-    ///
-    /// # Errors
-    ///
-    /// `JobError::Panicked` when the handler panicked on this request.
-    pub fn into_result(self) -> Result<Resp, JobError> {
-        self.outcome
-    }
-}
+use crate::response::Response;
+use crate::unwind::drop_quietly;
 
 /// A request on its way to a worker.
 pub(crate) struct Job<Req, Resp> {
@@ -97,6 +31,24 @@ pub(crate) struct Job<Req, Resp> {
     /// Past this instant the job is answered `DeadlineExceeded` instead of being run.
     pub(crate) deadline: Option<Instant>,
     pub(crate) route: Route<Req, Resp>,
+}
+
+impl<Req, Resp> Job<Req, Resp> {
+    /// Hands back a job that never ran: a `call` is answered `Cancelled(req)` (returns
+    /// `true`), any other request goes to `unstarted` (returns `false`). The one way a job
+    /// leaves unrun, whoever finds it (a worker after the stop flag, or the supervisor).
+    pub(crate) fn hand_back(self, unstarted: impl FnOnce(RequestId, Req)) -> bool {
+        match self.route {
+            Route::Stream | Route::Process(..) => {
+                unstarted(self.id, self.req);
+                false
+            }
+            Route::Call(back) => {
+                Reply::cancel(back, self.req);
+                true
+            }
+        }
+    }
 }
 
 /// Where a job's answer goes.
@@ -126,7 +78,7 @@ impl<Req, Resp> Reply<Req, Resp> {
         // The caller waits in `recv` until it gets exactly one reply; it cannot be gone. Were
         // it gone, the request is dropped where its `Drop` cannot take this thread down.
         if let Err(lost) = back.send(reply) {
-            crate::worker::drop_quietly(lost);
+            drop_quietly(lost);
         }
     }
 }
@@ -151,7 +103,7 @@ pub(crate) enum Status<Req> {
     Exited { worker: usize, died: Option<String> },
 }
 
-/// What one worker did since its last report. Cumulative counts are kept by the broadcaster.
+/// What one worker did since its last report. Cumulative counts are kept by the metrics thread.
 #[derive(Default, Clone)]
 pub(crate) struct StatsDelta {
     /// Jobs taken from a queue.
@@ -167,7 +119,7 @@ pub(crate) struct StatsDelta {
     pub(crate) wait: Histogram,
     /// Whether the worker is in the middle of a job (or has more queued) at report time.
     pub(crate) busy: bool,
-    /// When the job in progress at report time started, if one is (the broadcaster credits
+    /// When the job in progress at report time started, if one is (the metrics thread credits
     /// its running time to the busy fraction before it ends).
     pub(crate) running_since: Option<Instant>,
     /// Worker-local, never merged: whether the last report that went out said `busy`, so an
@@ -190,7 +142,7 @@ impl StatsDelta {
             || self.handed_back != 0
     }
 
-    /// Whether the worker owes the broadcaster a report before it may sleep without a deadline.
+    /// Whether the worker owes the metrics thread a report before it may sleep without a deadline.
     pub(crate) fn owes_report(&self) -> bool {
         self.is_dirty() || self.reported_busy
     }
@@ -207,12 +159,12 @@ impl StatsDelta {
     }
 }
 
-/// Workers and supervisor → broadcaster.
+/// Workers and supervisor → metrics thread.
 ///
 /// `Stats` is large (two histograms) and sent by value on purpose: a report allocates
 /// nothing, and the bounded channel's slots are allocated once.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum ToBroadcaster {
+pub(crate) enum ToMetrics {
     Stats {
         worker: usize,
         delta: StatsDelta,
@@ -228,8 +180,8 @@ pub(crate) enum ToBroadcaster {
     },
 }
 
-/// Orchestrator → broadcaster: requests from user threads.
-pub(crate) enum Control {
+/// Orchestrator → metrics thread: requests from user threads.
+pub(crate) enum MetricsRequest {
     Subscribe {
         tx: Sender<MetricsEvent>,
         capacity: usize,
@@ -253,13 +205,6 @@ pub(crate) enum Shutdown {
     Now,
 }
 
-/// Extracts the message of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    }
-}
+/// An uninhabited message type: channels of `Never` carry no messages, only disconnection.
+#[derive(Debug)]
+pub(crate) enum Never {}

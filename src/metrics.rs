@@ -2,12 +2,13 @@
 //! the latency percentiles.
 //!
 //! Nothing here is shared between threads: a worker fills its own [`Histogram`], sends it to
-//! the broadcaster by value, and the broadcaster merges it into totals that only it owns.
+//! the metrics thread by value, and the metrics thread merges it into totals that only it owns.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::{RequestId, WorkerId};
+use crate::ids::{RequestId, WorkerId};
+use crate::report::ShutdownSummary;
 
 /// A point-in-time view of the whole orchestrator, as [`Orchestrator::metrics`] returns it and
 /// [`MetricsEvent::Snapshot`] streams it.
@@ -186,30 +187,6 @@ pub enum WorkerEventKind {
     Stopped,
 }
 
-/// Exact totals, sent as the last [`MetricsEvent`]. Equal to the [`ShutdownReport`]'s.
-///
-/// [`ShutdownReport`]: crate::ShutdownReport
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ShutdownSummary {
-    /// Event sequence number (see [`MetricsEvent::seq`]).
-    pub seq: u64,
-    /// Requests accepted: `completed + failed + unstarted + cancelled`.
-    pub submitted: u64,
-    /// Jobs whose handler returned a value.
-    pub completed: u64,
-    /// Jobs answered with an error: the handler panicked, or the deadline had passed.
-    pub failed: u64,
-    /// Responses nobody could receive (also counted in `completed` or `failed`).
-    pub undelivered: u64,
-    /// Stream requests handed back in the report's `unstarted`.
-    pub unstarted: u64,
-    /// `call` requests handed back to their caller as `CallError::Cancelled`.
-    pub cancelled: u64,
-    /// Submits that got their request back.
-    pub rejected: u64,
-}
-
 /// Bits of linear sub-bucket per power of two: 3 bits → at most 12.5% relative error.
 const SUB_BITS: u32 = 3;
 const SUB: usize = 1 << SUB_BITS;
@@ -218,7 +195,7 @@ const MAX_EXP: u32 = 36;
 pub(crate) const BUCKETS: usize = SUB + (MAX_EXP - SUB_BITS) as usize * SUB;
 
 /// A log-linear histogram of nanosecond durations, fixed size, no allocation. Counts are
-/// `u64`: the broadcaster's lifetime totals must not saturate (2^32 jobs is an hour or two).
+/// `u64`: the metrics thread's lifetime totals must not saturate (2^32 jobs is an hour or two).
 ///
 /// Bucket `v` holds value `v` exactly for `v < 8`; above that each power of two is split into
 /// 8 equal sub-buckets. Recording is a leading-zero count, a shift and an increment.

@@ -1,4 +1,4 @@
-//! The broadcaster thread: it alone owns the metric totals and the subscribers' senders.
+//! The metrics thread thread: it alone owns the metric totals and the subscribers' senders.
 //!
 //! Workers send it their counts in batches ([`StatsDelta`]), the supervisor sends worker
 //! lifecycle events, user threads ask it for snapshots and subscriptions over a control
@@ -10,19 +10,23 @@
 //! happens when the asked-for part is full: the last slot is reserved for the final
 //! `Shutdown` event, which therefore always arrives, without ever blocking.
 
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, never, select, tick};
+use crossbeam_channel::{Receiver, Sender, TrySendError, never, select, tick, unbounded};
 
-use crate::message::{Control, StatsDelta, ToBroadcaster, WorkerId};
+use crate::ids::WorkerId;
+use crate::message::{MetricsRequest, StatsDelta, ToMetrics};
 use crate::metrics::{
-    Histogram, MetricsEvent, MetricsSnapshot, ShutdownSummary, WorkerEvent, WorkerEventKind,
-    WorkerSnapshot, WorkerState,
+    Histogram, MetricsEvent, MetricsSnapshot, WorkerEvent, WorkerEventKind, WorkerSnapshot,
+    WorkerState,
 };
+use crate::report::ShutdownSummary;
 
-/// The counters that submitting handles share with the broadcaster.
+/// The counters that submitting handles share with the metrics thread.
 ///
 /// Both are bumped only on cold paths, never on the accepted fast path: `rejected` on a
 /// failed submit, `undelivered` when a `process` iterator dropped early discards the
@@ -65,18 +69,34 @@ struct WorkerTotals {
     last_busy: bool,
 }
 
-pub(crate) struct Broadcaster {
-    pub(crate) inbox: Receiver<ToBroadcaster>,
-    pub(crate) control: Receiver<Control>,
+/// How the metrics thread is set up.
+pub(crate) struct MetricsConfig {
     /// The snapshot period. Snapshots go out with metrics off too (their counts are zero
     /// until the end): sending is also how dropped subscriptions are noticed and freed.
     pub(crate) interval: Duration,
     pub(crate) workers: usize,
     pub(crate) queue_len: QueueLen,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) started: Instant,
     /// One job in this many is timed: finished handler time is scaled up by it.
     pub(crate) timing_sample: u64,
+}
+
+/// A started metrics thread: its handle, and the sender of user requests (`metrics()`,
+/// `subscribe()`); dropping that sender tells it no more will come.
+pub(crate) struct Started {
+    pub(crate) thread: JoinHandle<ShutdownSummary>,
+    pub(crate) requests: Sender<MetricsRequest>,
+}
+
+pub(crate) struct MetricsThread {
+    inbox: Receiver<ToMetrics>,
+    control: Receiver<MetricsRequest>,
+    interval: Duration,
+    workers: usize,
+    queue_len: QueueLen,
+    counters: Arc<Counters>,
+    started: Instant,
+    timing_sample: u64,
 }
 
 struct State {
@@ -93,9 +113,32 @@ struct State {
     throughput: f64,
 }
 
-impl Broadcaster {
+impl MetricsThread {
     /// The thread's body: runs until the supervisor sends `Finish`; returns the exact totals.
-    pub(crate) fn run(self) -> ShutdownSummary {
+    /// Starts the thread `"{name}-metrics"`, reading `inbox` until the supervisor's `Finish`.
+    pub(crate) fn spawn(
+        name: &str,
+        inbox: Receiver<ToMetrics>,
+        cfg: MetricsConfig,
+    ) -> io::Result<Started> {
+        let (requests, control) = unbounded();
+        let me = MetricsThread {
+            inbox,
+            control,
+            interval: cfg.interval,
+            workers: cfg.workers,
+            queue_len: cfg.queue_len,
+            counters: cfg.counters,
+            started: Instant::now(),
+            timing_sample: cfg.timing_sample,
+        };
+        let thread = thread::Builder::new()
+            .name(format!("{name}-metrics"))
+            .spawn(move || me.run())?;
+        Ok(Started { thread, requests })
+    }
+
+    fn run(self) -> ShutdownSummary {
         let mut st = State {
             subscribers: Vec::new(),
             seq: 0,
@@ -119,19 +162,19 @@ impl Broadcaster {
         loop {
             select! {
                 recv(self.inbox) -> msg => match msg {
-                    Ok(ToBroadcaster::Stats { worker, delta }) => st.add(worker, &delta),
-                    Ok(ToBroadcaster::Worker { worker, kind }) => st.worker_event(worker, kind),
-                    Ok(ToBroadcaster::Finish { unstarted, cancelled }) => {
+                    Ok(ToMetrics::Stats { worker, delta }) => st.add(worker, &delta),
+                    Ok(ToMetrics::Worker { worker, kind }) => st.worker_event(worker, kind),
+                    Ok(ToMetrics::Finish { unstarted, cancelled }) => {
                         return self.finish(st, unstarted, cancelled);
                     }
                     // The supervisor always sends `Finish` before it returns.
                     Err(_) => return self.finish(st, 0, 0),
                 },
                 recv(control) -> msg => match msg {
-                    Ok(Control::Subscribe { tx, capacity }) => {
+                    Ok(MetricsRequest::Subscribe { tx, capacity }) => {
                         st.subscribers.push(Subscriber { tx, capacity });
                     }
-                    Ok(Control::Snapshot { reply }) => {
+                    Ok(MetricsRequest::Snapshot { reply }) => {
                         let snap = self.snapshot(&mut st);
                         let _ = reply.send(snap);
                     }
@@ -206,10 +249,10 @@ impl Broadcaster {
         // so its request is already here: register it, so it too gets the summary.
         while let Ok(msg) = self.control.try_recv() {
             match msg {
-                Control::Subscribe { tx, capacity } => {
+                MetricsRequest::Subscribe { tx, capacity } => {
                     st.subscribers.push(Subscriber { tx, capacity });
                 }
-                Control::Snapshot { reply } => {
+                MetricsRequest::Snapshot { reply } => {
                     let snap = self.snapshot(&mut st);
                     let _ = reply.send(snap);
                 }
@@ -218,9 +261,9 @@ impl Broadcaster {
         // Every worker's last report was sent before the supervisor's `Finish`.
         while let Ok(msg) = self.inbox.try_recv() {
             match msg {
-                ToBroadcaster::Stats { worker, delta } => st.add(worker, &delta),
-                ToBroadcaster::Worker { worker, kind } => st.worker_event(worker, kind),
-                ToBroadcaster::Finish { .. } => {}
+                ToMetrics::Stats { worker, delta } => st.add(worker, &delta),
+                ToMetrics::Worker { worker, kind } => st.worker_event(worker, kind),
+                ToMetrics::Finish { .. } => {}
             }
         }
         let discarded = self.counters.undelivered.load(Ordering::Relaxed);

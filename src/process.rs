@@ -13,9 +13,10 @@ use std::iter::Fuse;
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use crossbeam_utils::Backoff;
 
-use crate::message::{Job, Response, Route};
-use crate::orchestrator::{Handle, Intake, Refusal};
-use crate::worker::drop_quietly;
+use crate::intake::{Handle, Intake, Refusal};
+use crate::message::Job;
+use crate::response::Response;
+use crate::unwind::drop_quietly;
 
 /// The most requests a `process` iterator keeps in flight, whatever the capacities.
 pub(crate) const MAX_WINDOW: usize = 1 << 16;
@@ -244,31 +245,6 @@ where
             }
             self.reorder[slot] = Some(r);
         }
-    }
-}
-
-fn orchestrator_job<Req: Send + 'static, Resp: Send + 'static>(
-    handle: &Handle<Req, Resp>,
-    req: Req,
-    (tx, seq): Tag<Resp>,
-) -> Job<Req, Resp> {
-    handle.job(req, None, Route::Process(tx, seq))
-}
-
-impl<'a, Req, Resp, I> Feeder<'a, Req, Resp, Resp, I>
-where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    I: Iterator<Item = Req>,
-{
-    /// The feeder of an orchestrator's own `process` / `process_ordered`.
-    pub(crate) fn direct(
-        handle: &'a Handle<Req, Resp>,
-        intake: &'a Intake<Req, Resp>,
-        window: usize,
-        inputs: I,
-    ) -> Self {
-        Feeder::new(handle, intake, window, inputs, orchestrator_job)
     }
 }
 

@@ -1,24 +1,21 @@
 //! The supervisor thread: one `select!` over the workers' status channel, the shutdown
 //! command, a shutdown deadline and pending respawns. It alone owns the worker threads'
 //! handles and lifecycle, replaces a thread that died, collects the requests handed back by a
-//! `shutdown_now`, and tells the broadcaster when everything is over.
+//! `shutdown_now`, and tells the metrics thread when everything is over.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, after, never, select};
+use crossbeam_channel::{Receiver, Sender, after, bounded, never, select};
 
-use crate::message::{
-    Job, Reply, RequestId, Route, Shutdown, Status, ToBroadcaster, panic_message,
-};
+use crate::ids::RequestId;
+use crate::message::{Job, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::WorkerEventKind;
-use crate::worker::{Never, drop_quietly};
-
-/// Starts worker thread `i` (a fresh incarnation that runs `init`).
-pub(crate) type SpawnWorker = Box<dyn FnMut(usize) -> io::Result<JoinHandle<()>> + Send>;
+use crate::unwind::{drop_quietly, panic_message};
+use crate::worker::SpawnWorker;
 
 /// Backoff before replacing a thread that died: doubles per consecutive death of the same
 /// worker, so an `init` that always panics cannot spin the machine.
@@ -45,28 +42,82 @@ struct Slot {
     respawn_at: Option<Instant>,
 }
 
-pub(crate) struct Supervisor<Req, Resp> {
+/// The supervisor's ends of the pool's channels.
+pub(crate) struct SupervisorLinks<Req, Resp> {
+    /// Worker lifecycle and hand-backs.
     pub(crate) status: Receiver<Status<Req>>,
-    pub(crate) control: Receiver<Shutdown>,
-    pub(crate) broadcast: Sender<ToBroadcaster>,
-    pub(crate) spawn: SpawnWorker,
-    pub(crate) handles: Vec<JoinHandle<()>>,
-    /// Clones of the queues' receivers, to drain what no worker took (a safety net: workers
-    /// normally drain every queue themselves before they exit).
+    /// Worker events and the final `Finish`, to the metrics thread.
+    pub(crate) metrics: Sender<ToMetrics>,
+    /// Clones of the queues' receivers: to hand back what is queued at a `shutdown_now` or
+    /// an expired `shutdown_timeout`, and to drain what no worker took.
     pub(crate) queues: Vec<Receiver<Job<Req, Resp>>>,
+    /// The workers' stop flag (see `worker::Links::stop`).
     pub(crate) stop: Arc<AtomicBool>,
     /// Dropped when a `shutdown_timeout` expires: workers stop waiting for response space.
-    pub(crate) abort: Option<Sender<Never>>,
+    pub(crate) abort: Sender<Never>,
+}
+
+/// A started supervisor: its thread, the channel for the one shutdown command, and the
+/// channel on which it waits for the worker threads' handles.
+pub(crate) struct Started<Req> {
+    pub(crate) thread: JoinHandle<Outcome<Req>>,
+    pub(crate) control: Sender<Shutdown>,
+    pub(crate) handles: Sender<Vec<JoinHandle<()>>>,
+}
+
+pub(crate) struct Supervisor<Req, Resp> {
+    status: Receiver<Status<Req>>,
+    control: Receiver<Shutdown>,
+    metrics: Sender<ToMetrics>,
+    spawn: SpawnWorker,
+    queues: Vec<Receiver<Job<Req, Resp>>>,
+    stop: Arc<AtomicBool>,
+    abort: Option<Sender<Never>>,
     /// Whether the shutdown command arrived.
-    pub(crate) shutting_down: bool,
+    shutting_down: bool,
     /// A pipeline stage's deadline: stop starting jobs, but keep delivering responses.
-    pub(crate) keep_delivering: bool,
+    keep_delivering: bool,
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
+    /// Starts the thread `"{name}-supervisor"`. It takes the worker threads' handles from
+    /// [`Started::handles`] before anything else, so that if this spawn fails the caller
+    /// still holds them (and joins them).
+    pub(crate) fn spawn(
+        name: &str,
+        links: SupervisorLinks<Req, Resp>,
+        spawn: SpawnWorker,
+    ) -> io::Result<Started<Req>> {
+        let (control_tx, control) = bounded(1);
+        let (handles_tx, handles_rx) = bounded(1);
+        let sup = Supervisor {
+            status: links.status,
+            control,
+            metrics: links.metrics,
+            spawn,
+            queues: links.queues,
+            stop: links.stop,
+            abort: Some(links.abort),
+            shutting_down: false,
+            keep_delivering: false,
+        };
+        let thread = thread::Builder::new()
+            .name(format!("{name}-supervisor"))
+            .spawn(move || {
+                // Sent right after a successful spawn; never missing.
+                let handles = handles_rx.recv().unwrap_or_default();
+                sup.run(handles)
+            })?;
+        Ok(Started {
+            thread,
+            control: control_tx,
+            handles: handles_tx,
+        })
+    }
+
     /// The thread's body: runs until a shutdown command arrived and every worker exited.
-    pub(crate) fn run(mut self) -> Outcome<Req> {
-        let mut slots: Vec<Slot> = std::mem::take(&mut self.handles)
+    fn run(mut self, handles: Vec<JoinHandle<()>>) -> Outcome<Req> {
+        let mut slots: Vec<Slot> = handles
             .into_iter()
             .map(|h| Slot {
                 handle: Some(h),
@@ -147,7 +198,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         // Dropped here, not wherever the last clone happens to go: the handler and `init`
         // may capture values whose `Drop` panics.
         drop_quietly(std::mem::replace(&mut self.spawn, Box::new(no_spawn)));
-        let _ = self.broadcast.send(ToBroadcaster::Finish {
+        let _ = self.metrics.send(ToMetrics::Finish {
             unstarted: unstarted.len() as u64,
             cancelled,
         });
@@ -175,7 +226,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     }
 
     fn event(&self, worker: usize, kind: WorkerEventKind) {
-        let _ = self.broadcast.send(ToBroadcaster::Worker { worker, kind });
+        let _ = self.metrics.send(ToMetrics::Worker { worker, kind });
     }
 
     fn on_status(
@@ -283,12 +334,8 @@ fn hand_back<Req, Resp>(
     unstarted: &mut Vec<(RequestId, Req)>,
     cancelled: &mut u64,
 ) {
-    match job.route {
-        Route::Stream | Route::Process(..) => unstarted.push((job.id, job.req)),
-        Route::Call(back) => {
-            *cancelled += 1;
-            Reply::cancel(back, job.req);
-        }
+    if job.hand_back(|id, req| unstarted.push((id, req))) {
+        *cancelled += 1;
     }
 }
 

@@ -9,92 +9,25 @@
 //! empty, which happens only after intake closed and the last in-progress submit finished.
 //! So a graceful shutdown needs no message to the workers at all.
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
+use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError};
 
+use crate::context::JobContext;
 use crate::error::{CallError, JobError};
-use crate::message::{
-    Job, Reply, RequestId, Response, Route, StatsDelta, Status, ToBroadcaster, WorkerId,
-    panic_message,
-};
-
-/// What a handler built with [`Builder::build_with_context`] learns about its job.
-///
-/// [`Builder::build_with_context`]: crate::Builder::build_with_context
-#[derive(Debug)]
-pub struct JobContext {
-    worker: WorkerId,
-    request: RequestId,
-    deadline: Option<Instant>,
-    stop: Arc<AtomicBool>,
-}
-
-impl JobContext {
-    /// The worker running the job.
-    pub fn worker(&self) -> WorkerId {
-        self.worker
-    }
-
-    /// The id of the request being handled.
-    pub fn request(&self) -> RequestId {
-        self.request
-    }
-
-    /// The deadline the request was submitted with, if any.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    /// Whether the orchestrator asked running jobs to stop early: true once `shutdown_now`
-    /// was called or a `shutdown_timeout` expired. A cheap load; poll it in long loops. What
-    /// the handler returns after noticing it is still delivered as its response.
-    pub fn is_cancelled(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-}
-
-thread_local! {
-    /// On a worker thread: the id of its pool, and how to run one of that pool's jobs inline
-    /// (an `Inline<Req, Resp>`). Set once the worker's `init` ran, cleared when it exits. It
-    /// is how a handler that calls back into its own pool is recognised (see
-    /// [`reentrant`]); a thread-local, not shared state: no other thread reads it.
-    static CURRENT: RefCell<Option<(u64, Rc<dyn Any>)>> = const { RefCell::new(None) };
-}
-
-/// Runs one job of a pool on the calling worker thread, with a fresh state from `init`,
-/// answering and counting it exactly as a worker would.
-pub(crate) struct Inline<Req, Resp> {
-    run: Box<dyn Fn(Job<Req, Resp>)>,
-}
-
-impl<Req, Resp> Inline<Req, Resp> {
-    pub(crate) fn run(&self, job: Job<Req, Resp>) {
-        (self.run)(job)
-    }
-}
-
-/// If this thread is a worker of pool `pool`, the way to run that pool's jobs inline.
-pub(crate) fn reentrant<Req: 'static, Resp: 'static>(pool: u64) -> Option<Rc<Inline<Req, Resp>>> {
-    CURRENT.with(|c| match &*c.borrow() {
-        Some((id, inline)) if *id == pool => Rc::clone(inline).downcast().ok(),
-        _ => None,
-    })
-}
-
-/// Whether this thread is a worker of pool `pool`.
-pub(crate) fn is_worker_of(pool: u64) -> bool {
-    CURRENT.with(|c| matches!(&*c.borrow(), Some((id, _)) if *id == pool))
-}
+use crate::ids::{RequestId, WorkerId};
+use crate::message::{Job, Never, Reply, Route, StatsDelta, Status, ToMetrics};
+use crate::reentry::{self, Inline};
+use crate::response::Response;
+use crate::unwind::{drop_quietly, message_of};
 
 /// What a pipeline stage's handler returns: nothing when the next stage took the value at
 /// once, otherwise the blocking hand-off, which its worker runs after it stopped counting
@@ -104,24 +37,14 @@ pub(crate) type Handoff = Option<Box<dyn FnOnce() + Send>>;
 /// Turns a stream response into a [`Handoff`] instead of sending it (pipeline stages).
 pub(crate) type Forward<Resp> = fn(Resp) -> Handoff;
 
-/// An uninhabited message type: channels of `Never` carry no messages, only disconnection.
-#[derive(Debug)]
-pub(crate) enum Never {}
-
-/// Everything one worker thread needs; moved into the thread.
-pub(crate) struct Worker<Req, Resp, I, H> {
-    /// The id of the pool, unique in the process (for [`reentrant`]).
-    pub(crate) pool: u64,
-    pub(crate) id: usize,
-    /// A stand-in running one job inline for a re-entrant caller: it reports no lifecycle
-    /// events and rebuilds nothing after a panic (its state is thrown away anyway).
-    pub(crate) inline: bool,
-    /// The queues it takes work from. `Shared`: the one MPMC queue. `RoundRobin`: every worker
-    /// queue, rotated so that index 0 is its own; the others are stolen from when its own is empty.
-    pub(crate) queues: Vec<Receiver<Job<Req, Resp>>>,
+/// The channel ends and flags every worker of one pool shares (each worker clones them).
+pub(crate) struct Links<Req, Resp> {
+    /// Where stream responses go (the user's receiver).
     pub(crate) responses: Sender<Response<Resp>>,
+    /// Lifecycle and hand-backs, to the supervisor.
     pub(crate) status: Sender<Status<Req>>,
-    pub(crate) broadcast: Sender<ToBroadcaster>,
+    /// Counts and events, to the metrics thread.
+    pub(crate) metrics: Sender<ToMetrics>,
     /// Set once by `shutdown_now` or an expired `shutdown_timeout`; never cleared. Read once
     /// per job with `Relaxed`: a job taken just before the store runs, one taken after it is
     /// handed back; either way it ends in exactly one place. A channel would cost a `select`
@@ -129,15 +52,103 @@ pub(crate) struct Worker<Req, Resp, I, H> {
     pub(crate) stop: Arc<AtomicBool>,
     /// Disconnected when a `shutdown_timeout` expires: stop waiting for response space.
     pub(crate) abort: Receiver<Never>,
+}
+
+impl<Req, Resp> Clone for Links<Req, Resp> {
+    fn clone(&self) -> Self {
+        Links {
+            responses: self.responses.clone(),
+            status: self.status.clone(),
+            metrics: self.metrics.clone(),
+            stop: Arc::clone(&self.stop),
+            abort: self.abort.clone(),
+        }
+    }
+}
+
+/// Everything needed to start worker `i` of a pool, again and again (the supervisor keeps it
+/// to replace a thread that died).
+pub(crate) struct Recipe<Req, Resp, I, H> {
+    /// The pool's process-wide id (for [`reentry`](crate::reentry)).
+    pub(crate) pool: u64,
+    /// The prefix of thread names.
+    pub(crate) name: String,
+    pub(crate) stack_size: Option<usize>,
+    /// Every queue of the pool, in worker order.
+    pub(crate) queues: Vec<Receiver<Job<Req, Resp>>>,
+    /// Whether a worker takes from the other workers' queues when its own is empty
+    /// (`RoundRobin`); never with per-key queues, which would break per-key order.
+    pub(crate) steal: bool,
+    pub(crate) links: Links<Req, Resp>,
     /// How often to report counts while busy; `None` with metrics off (report only on exit).
     pub(crate) flush_every: Option<Duration>,
     /// Pipeline stages: stream responses are handed to the next stage, not sent.
     pub(crate) forward: Option<Forward<Resp>>,
-    /// Set when handing an answer on had to wait: the next job's start is then not the
-    /// previous job's end. Worker-local (a `Cell`, never shared).
-    pub(crate) waited: Cell<bool>,
     pub(crate) init: Arc<I>,
     pub(crate) handler: Arc<H>,
+}
+
+/// Starts worker `i` (a fresh thread that runs `init`).
+pub(crate) type SpawnWorker = Box<dyn FnMut(usize) -> io::Result<JoinHandle<()>> + Send>;
+
+impl<Req, Resp, S, I, H> Recipe<Req, Resp, I, H>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    S: 'static,
+    I: Fn(WorkerId) -> S + Send + Sync + 'static,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+{
+    /// The spawner of this pool's worker threads, named `"{name}-worker-{i}"`.
+    pub(crate) fn spawner(self) -> SpawnWorker {
+        Box::new(move |i| {
+            // Own queue first, then the others in order (only when stealing).
+            let mut queues = self.queues.clone();
+            let len = queues.len();
+            queues.rotate_left(i % len);
+            if !self.steal {
+                queues.truncate(1);
+            }
+            let worker = Worker {
+                pool: self.pool,
+                id: i,
+                inline: false,
+                queues,
+                links: self.links.clone(),
+                flush_every: self.flush_every,
+                forward: self.forward,
+                waited: Cell::new(false),
+                init: Arc::clone(&self.init),
+                handler: Arc::clone(&self.handler),
+            };
+            let mut b = thread::Builder::new().name(format!("{}-worker-{i}", self.name));
+            if let Some(bytes) = self.stack_size {
+                b = b.stack_size(bytes);
+            }
+            b.spawn(move || worker.run())
+        })
+    }
+}
+
+/// Everything one worker thread needs; moved into the thread.
+struct Worker<Req, Resp, I, H> {
+    /// The id of the pool, unique in the process.
+    pool: u64,
+    id: usize,
+    /// A stand-in running one job inline for a re-entrant caller: it reports no lifecycle
+    /// events and rebuilds nothing after a panic (its state is thrown away anyway).
+    inline: bool,
+    /// The queues it takes work from. `Shared`: the one MPMC queue. `RoundRobin`: every worker
+    /// queue, rotated so that index 0 is its own; the others are stolen from when its own is empty.
+    queues: Vec<Receiver<Job<Req, Resp>>>,
+    links: Links<Req, Resp>,
+    flush_every: Option<Duration>,
+    forward: Option<Forward<Resp>>,
+    /// Set when handing an answer on had to wait: the next job's start is then not the
+    /// previous job's end. Worker-local (a `Cell`, never shared).
+    waited: Cell<bool>,
+    init: Arc<I>,
+    handler: Arc<H>,
 }
 
 /// Reports the worker's last counts and its exit, also when the thread unwinds.
@@ -148,18 +159,17 @@ struct ExitGuard<Req> {
     worker: usize,
     stats: StatsDelta,
     status: Sender<Status<Req>>,
-    broadcast: Sender<ToBroadcaster>,
+    metrics: Sender<ToMetrics>,
 }
 
 impl<Req> Drop for ExitGuard<Req> {
     fn drop(&mut self) {
         // Drop the inline runner (and the channel ends it holds) before saying goodbye.
-        let inline = CURRENT.with(|c| c.borrow_mut().take());
-        drop_quietly(inline);
+        drop_quietly(reentry::leave());
         let delta = std::mem::take(&mut self.stats);
-        // The broadcaster runs until the supervisor sends `Finish`, which it does only after
+        // The metrics thread runs until the supervisor sends `Finish`, which it does only after
         // this worker's `Exited` below; so this blocking send cannot be lost or hang.
-        let _ = self.broadcast.send(ToBroadcaster::Stats {
+        let _ = self.metrics.send(ToMetrics::Stats {
             worker: self.worker,
             delta,
         });
@@ -179,26 +189,25 @@ where
     H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
 {
     /// The thread's body.
-    pub(crate) fn run(self) {
+    fn run(self) {
         let mut guard = ExitGuard {
             worker: self.id,
             stats: StatsDelta::default(),
-            status: self.status.clone(),
-            broadcast: self.broadcast.clone(),
+            status: self.links.status.clone(),
+            metrics: self.links.metrics.clone(),
         };
         let mut state = match self.init_state() {
             Ok(state) => state,
             Err(message) => {
-                let _ = self.status.send(Status::InitPanicked {
+                let _ = self.links.status.send(Status::InitPanicked {
                     worker: self.id,
                     message,
                 });
                 return;
             }
         };
-        let _ = self.status.send(Status::Ready { worker: self.id });
-        let inline: Rc<dyn Any> = Rc::new(self.inline_runner());
-        CURRENT.with(|c| *c.borrow_mut() = Some((self.pool, inline)));
+        let _ = self.links.status.send(Status::Ready { worker: self.id });
+        reentry::enter(self.pool, self.inline_runner());
 
         // Built once and reused for every blocking wait (a `Select` allocates as it is built).
         let mut select = Select::new_biased();
@@ -207,12 +216,7 @@ where
         }
         let mut live = vec![true; self.queues.len()];
         let mut next_flush = self.flush_every.map(|p| Instant::now() + p);
-        let mut ctx = JobContext {
-            worker: WorkerId(self.id),
-            request: RequestId(0),
-            deadline: None,
-            stop: Arc::clone(&self.stop),
-        };
+        let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
 
         // With metrics on: when the previous job ended, if the next one was taken right away
         // (then that instant is its start too, and one clock read per job is saved).
@@ -228,7 +232,7 @@ where
                 None => break,
             };
             guard.stats.taken += 1;
-            if self.stop.load(Ordering::Relaxed) {
+            if self.links.stop.load(Ordering::Relaxed) {
                 self.hand_back(job, &mut guard.stats);
                 continue;
             }
@@ -245,20 +249,14 @@ where
             id: self.id,
             inline: true,
             queues: Vec::new(),
-            responses: self.responses.clone(),
-            status: self.status.clone(),
-            broadcast: self.broadcast.clone(),
-            stop: Arc::clone(&self.stop),
-            abort: self.abort.clone(),
+            links: self.links.clone(),
             flush_every: None,
             forward: self.forward,
             waited: Cell::new(false),
             init: Arc::clone(&self.init),
             handler: Arc::clone(&self.handler),
         };
-        Inline {
-            run: Box::new(move |job| stand_in.run_inline(job)),
-        }
+        Inline::new(Box::new(move |job| stand_in.run_inline(job)))
     }
 
     /// Runs one job with a fresh state, then reports its counts (and nothing else: the
@@ -271,12 +269,7 @@ where
         };
         match self.init_state() {
             Ok(mut state) => {
-                let mut ctx = JobContext {
-                    worker: WorkerId(self.id),
-                    request: job.id,
-                    deadline: job.deadline,
-                    stop: Arc::clone(&self.stop),
-                };
+                let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
                 self.run_job(
                     job,
                     &mut state,
@@ -295,8 +288,8 @@ where
                 self.answer(id, Err(error), route, none, none, &mut stats);
             }
         }
-        // The broadcaster runs until every worker exited, and this one has not.
-        let _ = self.broadcast.send(ToBroadcaster::Stats {
+        // The metrics thread runs until every worker exited, and this one has not.
+        let _ = self.links.metrics.send(ToMetrics::Stats {
             worker: self.id,
             delta: stats,
         });
@@ -400,17 +393,17 @@ where
         *next_flush = self.flush_every.map(|p| Instant::now() + p);
     }
 
-    /// Sends the counts since the last report without blocking. If the broadcaster's inbox is
+    /// Sends the counts since the last report without blocking. If the metrics thread's inbox is
     /// full they stay here and go with the next report: nothing is lost, the worker never waits.
     fn flush(&self, stats: &mut StatsDelta) {
         let busy = stats.busy;
         let delta = std::mem::take(stats);
-        match self.broadcast.try_send(ToBroadcaster::Stats {
+        match self.links.metrics.try_send(ToMetrics::Stats {
             worker: self.id,
             delta,
         }) {
             Ok(()) => stats.reported_busy = busy,
-            Err(TrySendError::Full(ToBroadcaster::Stats { delta, .. })) => *stats = delta,
+            Err(TrySendError::Full(ToMetrics::Stats { delta, .. })) => *stats = delta,
             Err(_) => {}
         }
     }
@@ -445,8 +438,7 @@ where
             );
             return;
         }
-        ctx.request = id;
-        ctx.deadline = deadline;
+        ctx.set_job(id, deadline);
         // A timed job (metrics on, and sampled: it carries its submit time) costs one clock
         // read after the handler, and one before it unless the previous job's end is this
         // one's start.
@@ -499,7 +491,7 @@ where
                     stats,
                 );
                 if !self.inline {
-                    let _ = self.status.send(Status::Panicked {
+                    let _ = self.links.status.send(Status::Panicked {
                         worker: self.id,
                         request: id,
                         message,
@@ -531,7 +523,10 @@ where
         match panic::catch_unwind(AssertUnwindSafe(|| init(id))) {
             Ok(fresh) => {
                 drop_quietly(std::mem::replace(state, fresh));
-                let _ = self.status.send(Status::Restarted { worker: self.id });
+                let _ = self
+                    .links
+                    .status
+                    .send(Status::Restarted { worker: self.id });
             }
             Err(payload) => panic::resume_unwind(payload),
         }
@@ -602,7 +597,7 @@ where
         response: Response<Resp>,
         stats: &mut StatsDelta,
     ) -> Result<(), Response<Resp>> {
-        let response = match self.responses.try_send(response) {
+        let response = match self.links.responses.try_send(response) {
             Ok(()) => return Ok(()),
             Err(TrySendError::Disconnected(response)) => return Err(response),
             Err(TrySendError::Full(response)) => response,
@@ -612,7 +607,7 @@ where
         let mut response = response;
         while !backoff.is_completed() {
             backoff.snooze();
-            match self.responses.try_send(response) {
+            match self.links.responses.try_send(response) {
                 Ok(()) => return Ok(()),
                 Err(TrySendError::Disconnected(back)) => return Err(back),
                 Err(TrySendError::Full(back)) => response = back,
@@ -620,8 +615,8 @@ where
         }
         self.report_waiting(stats);
         crossbeam_channel::select_biased! {
-            recv(self.abort) -> _ => Err(response),
-            send(self.responses, response) -> sent => sent.map_err(|e| e.into_inner()),
+            recv(self.links.abort) -> _ => Err(response),
+            send(self.links.responses, response) -> sent => sent.map_err(|e| e.into_inner()),
         }
     }
 
@@ -638,42 +633,20 @@ where
     }
 
     fn hand_back(&self, job: Job<Req, Resp>, stats: &mut StatsDelta) {
-        match job.route {
-            // `process` borrows the orchestrator, so no shutdown can hand its jobs back; if
-            // one ever did, the supervisor's `unstarted` is the place for it.
-            Route::Stream | Route::Process(..) => {
-                stats.handed_back += 1;
-                let _ = self.status.send(Status::Unstarted {
-                    id: job.id,
-                    req: job.req,
-                });
-            }
-            Route::Call(back) => {
-                stats.cancelled += 1;
-                Reply::cancel(back, job.req);
-            }
+        // `process` borrows the orchestrator, so no shutdown can hand its jobs back; if one
+        // ever did, the supervisor's `unstarted` is the place for it.
+        let status = &self.links.status;
+        let cancelled = job.hand_back(|id, req| {
+            let _ = status.send(Status::Unstarted { id, req });
+        });
+        if cancelled {
+            stats.cancelled += 1;
+        } else {
+            stats.handed_back += 1;
         }
     }
 }
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The panic message, dropping the payload under its own `catch_unwind`: a payload whose
-/// `Drop` panics must not take the worker down. If it does, that second payload is leaked
-/// (dropping it could panic again).
-pub(crate) fn message_of(payload: Box<dyn std::any::Any + Send>) -> String {
-    let message = panic_message(&*payload);
-    drop_quietly(payload);
-    message
-}
-
-/// Drops a user value (an undelivered response, a panic payload) so that a panic in its
-/// `Drop` cannot kill the worker; that panic's own payload is leaked, since dropping it
-/// could panic again.
-pub(crate) fn drop_quietly<T>(value: T) {
-    if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(value))) {
-        std::mem::forget(again);
-    }
 }

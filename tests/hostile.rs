@@ -586,7 +586,7 @@ fn by_key_build_and_drop_cycles_release_the_key_function() {
         let captured = Arc::clone(&big);
         move |x: &u64| *x + captured.len() as u64
     });
-    drop(Orchestrator::builder().distribution(unused));
+    drop(channel_orchestrator::Builder::<u64, u64>::new().distribution(unused));
     assert_eq!(
         Arc::strong_count(&big),
         1,

@@ -1,0 +1,515 @@
+//! The intake: how a request gets into a queue, and how intake closes without a lock.
+//!
+//! Every submitting handle ([`Handle`]: inside the orchestrator and each `Submitter`) shares
+//! one [`Shared`] part and keeps a private round-robin cursor. This is where a submit goes:
+//! [`Handle::enqueue`] tries the target queue (or every queue, round robin), spins briefly,
+//! then blocks in a `select!` that also watches the `closed` channel.
+//!
+//! # Closing intake without a lock
+//!
+//! The queue senders live in one [`Intake`], behind an `Arc` that only the orchestrator holds
+//! strongly; handles hold a `Weak`. A submit upgrades the `Weak` for the duration of its
+//! send, so the senders — and with them the queues — are dropped exactly when intake is
+//! closed *and* no submit is in progress. Workers drain until their queues report
+//! disconnected, so they see every request that any submit managed to send, and a submit
+//! that finds the `Weak` dead gets its request back. That is the whole race-free close:
+//! `Arc`'s reference count is the only shared counter, and no submit can be both accepted and
+//! refused. A submit blocked on a full queue also watches the `closed` channel, which
+//! disconnects the moment a shutdown starts, so it returns promptly instead of waiting for
+//! space; the `closing` flag makes that refusal final.
+//!
+//! # Re-entrancy
+//!
+//! A worker of this pool that would block on it (a `call`, or a blocking `submit` that
+//! finds the queue full) counts itself in `Shared::reentrant` first. If that count would
+//! reach the number of workers, no worker would be left to serve the queue: the request runs
+//! inline instead ([`reentry`](crate::reentry)). So re-entrancy can never exhaust the pool.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError, bounded, select_biased};
+use crossbeam_utils::Backoff;
+
+use crate::distribution::ByKey;
+use crate::error::{
+    CallError, CallTimeoutError, JobError, SubmitError, SubmitTimeoutError, TrySubmitError,
+};
+use crate::ids::RequestId;
+use crate::message::{Job, Never, Reply, Route};
+use crate::metrics_thread::Counters;
+use crate::reentry::{self, Inline};
+
+/// Reply channels kept for reuse by `call`, so a `call` allocates nothing in steady state.
+pub(crate) const REPLY_POOL: usize = 64;
+
+type ReplyPair<Req, Resp> = (Sender<Reply<Req, Resp>>, Receiver<Reply<Req, Resp>>);
+type ReplyPool<Req, Resp> = (Sender<ReplyPair<Req, Resp>>, Receiver<ReplyPair<Req, Resp>>);
+
+/// The queue senders; dropped (closing the queues) when the last strong `Arc` goes.
+pub(crate) struct Intake<Req, Resp> {
+    pub(crate) queues: Vec<Sender<Job<Req, Resp>>>,
+    /// Per-key distribution: picks the one queue a request may go to.
+    pub(crate) key: Option<ByKey>,
+}
+
+/// What every submitting handle shares.
+pub(crate) struct Shared<Req, Resp> {
+    pub(crate) intake: Weak<Intake<Req, Resp>>,
+    /// Disconnects when a shutdown starts; wakes submits blocked on a full queue.
+    pub(crate) closed: Receiver<Never>,
+    /// Set once, with `Release`, when a shutdown starts, before `closed` disconnects; read
+    /// with `Relaxed` by every submit, which then refuses. Without it, producers that keep
+    /// retrying would keep the intake `Arc` upgraded and a graceful shutdown could never
+    /// close the queues. A submit that saw `closed` fire (an acquire through the channel)
+    /// is ordered after the store, so its later loads see `true`: a `ShutDown` is final. The
+    /// flag is never written in steady state, so the per-submit load costs no contention;
+    /// polling `closed` instead would take crossbeam's internal lock on every submit.
+    pub(crate) closing: AtomicBool,
+    /// The next request id. One `Relaxed` `fetch_add` per accepted submit: ids only need to
+    /// be unique, and the queue's own send already touches a line every producer shares.
+    pub(crate) next_id: AtomicU64,
+    pub(crate) counters: Arc<Counters>,
+    /// Which jobs are timed (a clock read at submit, two in the worker): those whose id has
+    /// no bit of the mask set. `None` with metrics off.
+    pub(crate) time_mask: Option<u64>,
+    /// Idle reply channels for `call`.
+    pub(crate) replies: ReplyPool<Req, Resp>,
+    /// This pool's id, unique in the process: how a worker thread recognises a handler that
+    /// calls back into its own pool.
+    pub(crate) pool: u64,
+    /// The number of workers.
+    pub(crate) workers: usize,
+    /// Workers of this pool blocked in a re-entrant `call` or `submit` into it. Touched only
+    /// by re-entrant waits (never on the ordinary path), with `SeqCst` read-modify-writes: a
+    /// worker that would make it reach `workers` runs the request inline instead of waiting,
+    /// so at least one worker is always free to serve the queue and re-entrancy cannot
+    /// exhaust the pool.
+    pub(crate) reentrant: AtomicUsize,
+}
+
+/// Whether a re-entrant caller may wait or must run its request inline.
+enum Reentry<'a, Req, Resp> {
+    /// Not a worker of this pool, or another worker is free: wait as usual (the guard, if
+    /// any, counts this worker as blocked until it is dropped).
+    Wait(Option<WaitGuard<'a>>),
+    /// Waiting would leave no worker free: run it here.
+    Inline(Rc<Inline<Req, Resp>>),
+}
+
+/// A `call` under way: the reply's receiver, and for a worker of this pool the guard that
+/// counts it as blocked until the answer arrives.
+pub(crate) type Begun<'a, Req, Resp> = (Receiver<Reply<Req, Resp>>, Option<WaitGuard<'a>>);
+
+/// Counts one worker as blocked in a re-entrant wait while it lives.
+pub(crate) struct WaitGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One submitting handle: the shared part, plus a private round-robin cursor.
+pub(crate) struct Handle<Req, Resp> {
+    shared: Arc<Shared<Req, Resp>>,
+    /// Where `RoundRobin` starts its next scan. `Relaxed` `fetch_add`: it only spreads load,
+    /// and it is contended only by threads sharing this one handle (each `Submitter` clone
+    /// has its own).
+    cursor: AtomicUsize,
+}
+
+pub(crate) enum Wait {
+    No,
+    Forever,
+    Until(Instant),
+}
+
+pub(crate) enum Refusal {
+    Full,
+    Timeout,
+    ShutDown,
+}
+
+impl<Req, Resp> Handle<Req, Resp> {
+    /// The first handle on `shared` (the orchestrator's own).
+    pub(crate) fn new(shared: Shared<Req, Resp>) -> Self {
+        Handle {
+            shared: Arc::new(shared),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// This pool's process-wide id.
+    pub(crate) fn pool(&self) -> u64 {
+        self.shared.pool
+    }
+
+    /// The intake, if it is still open (held strongly for the duration of one submit).
+    pub(crate) fn upgrade(&self) -> Option<Arc<Intake<Req, Resp>>> {
+        self.shared.intake.upgrade()
+    }
+
+    /// Whether intake is closed for good.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shared.closing.load(Ordering::Relaxed) || self.shared.intake.strong_count() == 0
+    }
+
+    /// Starts refusing every submit, for good (the first step of every shutdown). `Release`:
+    /// a submit that then sees `closed` disconnected (an acquire through the channel) sees
+    /// this store, so its refusal is final.
+    pub(crate) fn close(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+    }
+
+    /// Counts responses that a `process` iterator dropped early discarded.
+    pub(crate) fn discarded(&self, n: u64) {
+        self.shared
+            .counters
+            .undelivered
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// How many responses `process` iterators discarded so far.
+    pub(crate) fn discarded_so_far(&self) -> u64 {
+        self.shared.counters.undelivered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn fork(&self) -> Self {
+        Handle {
+            shared: Arc::clone(&self.shared),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
+    /// A fresh request id.
+    pub(crate) fn next_id(&self) -> RequestId {
+        RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn job(
+        &self,
+        req: Req,
+        deadline: Option<Instant>,
+        route: Route<Req, Resp>,
+    ) -> Job<Req, Resp> {
+        let id = self.next_id();
+        Job {
+            id,
+            req,
+            enqueued: self
+                .shared
+                .time_mask
+                .filter(|m| id.0 & m == 0)
+                .map(|_| Instant::now()),
+            deadline,
+            route,
+        }
+    }
+
+    /// Counts a submit that got its request back.
+    fn rejected(&self) {
+        self.shared
+            .counters
+            .rejected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The queue to try first, and whether the others may be tried after it.
+    fn target(&self, intake: &Intake<Req, Resp>, job: &Job<Req, Resp>) -> (usize, bool) {
+        let n = intake.queues.len();
+        match &intake.key {
+            _ if n == 1 => (0, false),
+            Some(key) => (key.queue(&job.req, n), false),
+            None => (self.cursor.fetch_add(1, Ordering::Relaxed) % n, true),
+        }
+    }
+
+    /// Puts a job on a queue without blocking. On refusal the job comes back, with the
+    /// index of the queue a blocking wait should start from.
+    pub(crate) fn try_enqueue(
+        &self,
+        intake: &Intake<Req, Resp>,
+        job: Job<Req, Resp>,
+    ) -> Result<(), (Refusal, Job<Req, Resp>, usize)> {
+        let queues = &intake.queues;
+        let (first, ring) = self.target(intake, &job);
+        let tries = if ring { queues.len() } else { 1 };
+        let mut job = job;
+        for k in 0..tries {
+            match queues[(first + k) % queues.len()].try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => job = back,
+                Err(TrySendError::Disconnected(back)) => {
+                    return Err((Refusal::ShutDown, back, first));
+                }
+            }
+        }
+        Err((Refusal::Full, job, first))
+    }
+
+    /// Whether this thread, a worker of this pool, may block on it (counting itself as
+    /// blocked), or must run its request inline because every other worker is blocked too.
+    fn reentry(&self) -> Reentry<'_, Req, Resp> {
+        let Some(inline) = reentry::inline_runner::<Req, Resp>(self.shared.pool) else {
+            return Reentry::Wait(None);
+        };
+        let waits = &self.shared.reentrant;
+        if waits.fetch_add(1, Ordering::SeqCst) + 1 < self.shared.workers {
+            Reentry::Wait(Some(WaitGuard(waits)))
+        } else {
+            waits.fetch_sub(1, Ordering::SeqCst);
+            Reentry::Inline(inline)
+        }
+    }
+
+    /// Puts a job on a queue, waiting as `wait` says. On refusal the job comes back.
+    ///
+    /// `may_inline`: a worker of this pool about to wait forever for space runs the job
+    /// inline instead if no other worker is free (a caller that already counted itself as
+    /// blocked passes `false`).
+    fn enqueue(
+        &self,
+        intake: Option<&Intake<Req, Resp>>,
+        job: Job<Req, Resp>,
+        wait: Wait,
+        may_inline: bool,
+    ) -> Result<RequestId, (Refusal, Job<Req, Resp>)> {
+        let Some(intake) = intake else {
+            return Err((Refusal::ShutDown, job));
+        };
+        if self.shared.closing.load(Ordering::Relaxed) {
+            return Err((Refusal::ShutDown, job));
+        }
+        let id = job.id;
+        let (mut job, mut first) = match self.try_enqueue(intake, job) {
+            Ok(()) => return Ok(id),
+            Err((Refusal::Full, job, first)) => (job, first),
+            Err((why, job, _)) => return Err((why, job)),
+        };
+        let deadline = match wait {
+            Wait::No => return Err((Refusal::Full, job)),
+            Wait::Forever => None,
+            Wait::Until(at) => Some(at),
+        };
+        // A worker of this pool waiting for space in its own queue: only while another
+        // worker is free to make that space (a timed wait ends by itself).
+        let _blocked = match (may_inline && deadline.is_none()).then(|| self.reentry()) {
+            Some(Reentry::Inline(inline)) => {
+                inline.run(job);
+                return Ok(id);
+            }
+            Some(Reentry::Wait(guard)) => guard,
+            None => None,
+        };
+        // A blocking `select` parks this thread at once, and then every worker `recv` must
+        // take the queue's waker lock and unpark it: a futex round trip per job while the
+        // queue is full. `Sender::send` avoids that by retrying with a backoff first; do
+        // the same (a few microseconds at most) before falling back to the select.
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            if self.shared.closing.load(Ordering::Relaxed) {
+                return Err((Refusal::ShutDown, job));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            match self.try_enqueue(intake, job) {
+                Ok(()) => return Ok(id),
+                Err((Refusal::Full, back, at)) => (job, first) = (back, at),
+                Err((why, back, _)) => return Err((why, back)),
+            }
+        }
+        let closed = &self.shared.closed;
+        let queues = &intake.queues;
+        let n = queues.len();
+        let sent = if n == 1 || intake.key.is_some() {
+            // One possible queue: the allocation-free macro.
+            let q = &queues[first];
+            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match timeout {
+                None => select_biased! {
+                    recv(closed) -> _ => Err((Refusal::ShutDown, job)),
+                    send(q, job) -> sent => sent.map_err(|e| (Refusal::ShutDown, e.into_inner())),
+                },
+                Some(timeout) => select_biased! {
+                    recv(closed) -> _ => Err((Refusal::ShutDown, job)),
+                    send(q, job) -> sent => sent.map_err(|e| (Refusal::ShutDown, e.into_inner())),
+                    default(timeout) => Err((Refusal::Timeout, job)),
+                },
+            }
+        } else {
+            // Round robin and every worker queue is full: wait for space on any of them.
+            let mut sel = Select::new_biased();
+            sel.recv(closed);
+            for k in 0..n {
+                sel.send(&queues[(first + k) % n]);
+            }
+            let op = match deadline {
+                None => Ok(sel.select()),
+                Some(at) => sel.select_deadline(at),
+            };
+            match op {
+                Err(_) => Err((Refusal::Timeout, job)),
+                Ok(op) if op.index() == 0 => {
+                    let _ = op.recv(closed);
+                    Err((Refusal::ShutDown, job))
+                }
+                Ok(op) => {
+                    let q = &queues[(first + op.index() - 1) % n];
+                    op.send(q, job)
+                        .map_err(|e| (Refusal::ShutDown, e.into_inner()))
+                }
+            }
+        };
+        sent.map(|()| id)
+    }
+
+    pub(crate) fn submit(
+        &self,
+        intake: Option<&Intake<Req, Resp>>,
+        req: Req,
+        deadline: Option<Instant>,
+    ) -> Result<RequestId, SubmitError<Req>> {
+        let job = self.job(req, deadline, Route::Stream);
+        self.enqueue(intake, job, Wait::Forever, true)
+            .map_err(|(_, job)| {
+                self.rejected();
+                SubmitError::ShutDown(job.req)
+            })
+    }
+
+    pub(crate) fn try_submit(
+        &self,
+        intake: Option<&Intake<Req, Resp>>,
+        req: Req,
+    ) -> Result<RequestId, TrySubmitError<Req>> {
+        let job = self.job(req, None, Route::Stream);
+        self.enqueue(intake, job, Wait::No, false)
+            .map_err(|(why, job)| {
+                self.rejected();
+                match why {
+                    Refusal::Full | Refusal::Timeout => TrySubmitError::Full(job.req),
+                    Refusal::ShutDown => TrySubmitError::ShutDown(job.req),
+                }
+            })
+    }
+
+    pub(crate) fn submit_timeout(
+        &self,
+        intake: Option<&Intake<Req, Resp>>,
+        req: Req,
+        timeout: Duration,
+    ) -> Result<RequestId, SubmitTimeoutError<Req>> {
+        let wait = match Instant::now().checked_add(timeout) {
+            Some(at) => Wait::Until(at),
+            None => Wait::Forever,
+        };
+        let job = self.job(req, None, Route::Stream);
+        self.enqueue(intake, job, wait, false)
+            .map_err(|(why, job)| {
+                self.rejected();
+                match why {
+                    Refusal::Full | Refusal::Timeout => SubmitTimeoutError::Timeout(job.req),
+                    Refusal::ShutDown => SubmitTimeoutError::ShutDown(job.req),
+                }
+            })
+    }
+
+    /// The first half of a `call`: enqueue with a pooled reply channel (or, re-entrant with
+    /// no worker free, run it inline), return the reply's receiver and, for a worker of this
+    /// pool, the guard that counts it as blocked until the answer arrives.
+    pub(crate) fn call_begin(
+        &self,
+        intake: Option<&Intake<Req, Resp>>,
+        req: Req,
+    ) -> Result<Begun<'_, Req, Resp>, CallError<Req>> {
+        let pool = &self.shared.replies;
+        let guard = match self.reentry() {
+            Reentry::Wait(guard) => guard,
+            Reentry::Inline(inline) => {
+                if intake.is_none() || self.shared.closing.load(Ordering::Relaxed) {
+                    self.rejected();
+                    return Err(CallError::ShutDown(req));
+                }
+                let (tx, rx) = pool.1.try_recv().unwrap_or_else(|_| bounded(1));
+                inline.run(self.job(req, None, Route::Call(tx)));
+                return Ok((rx, None));
+            }
+        };
+        let (tx, rx) = pool.1.try_recv().unwrap_or_else(|_| bounded(1));
+        let job = self.job(req, None, Route::Call(tx));
+        let may_inline = guard.is_none();
+        match self.enqueue(intake, job, Wait::Forever, may_inline) {
+            Ok(_) => Ok((rx, guard)),
+            Err((_, job)) => {
+                self.rejected();
+                if let Route::Call(tx) = job.route {
+                    let _ = pool.0.try_send((tx, rx));
+                }
+                Err(CallError::ShutDown(job.req))
+            }
+        }
+    }
+
+    /// The second half of a `call`: wait for the one reply, recycle the channel.
+    pub(crate) fn call_wait(&self, rx: Receiver<Reply<Req, Resp>>) -> Result<Resp, CallError<Req>> {
+        let pool = &self.shared.replies;
+        match rx.recv() {
+            Ok(Reply { result, back }) => {
+                // Exactly one reply per accepted call, so the channel is empty again.
+                let _ = pool.0.try_send((back, rx));
+                result
+            }
+            // The job was dropped unanswered: its worker thread died outside the handler.
+            Err(_) => Err(CallError::Failed(JobError::WorkerDied)),
+        }
+    }
+
+    /// The first half of a `call_timeout`: enqueue with a fresh reply channel and the
+    /// deadline, waiting for space no longer than the deadline.
+    pub(crate) fn call_timed_begin(
+        &self,
+        intake: Option<&Intake<Req, Resp>>,
+        req: Req,
+        deadline: Option<Instant>,
+    ) -> Result<Receiver<Reply<Req, Resp>>, CallTimeoutError<Req>> {
+        // Not pooled: a late answer may still arrive on it after the caller gave up.
+        let (tx, rx) = bounded(1);
+        let job = self.job(req, deadline, Route::Call(tx));
+        let wait = deadline.map_or(Wait::Forever, Wait::Until);
+        match self.enqueue(intake, job, wait, false) {
+            Ok(_) => Ok(rx),
+            Err((why, job)) => {
+                self.rejected();
+                Err(match why {
+                    Refusal::ShutDown => CallTimeoutError::ShutDown(job.req),
+                    Refusal::Full | Refusal::Timeout => CallTimeoutError::Timeout(job.req),
+                })
+            }
+        }
+    }
+
+    /// The second half of a `call_timeout`: the answer, if it comes before the deadline.
+    pub(crate) fn call_timed_wait(
+        &self,
+        rx: Receiver<Reply<Req, Resp>>,
+        deadline: Option<Instant>,
+    ) -> Result<Resp, CallTimeoutError<Req>> {
+        let got = match deadline {
+            Some(at) => rx.recv_deadline(at).map_err(|e| e.is_timeout()),
+            None => rx.recv().map_err(|_| false),
+        };
+        match got {
+            Ok(Reply { result, .. }) => result.map_err(CallTimeoutError::from),
+            // Given up: the worker's answer will find the receiver gone (undelivered).
+            Err(true) => Err(CallTimeoutError::Expired),
+            Err(false) => Err(CallTimeoutError::Failed(JobError::WorkerDied)),
+        }
+    }
+}

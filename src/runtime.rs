@@ -1,0 +1,365 @@
+//! The runtime: where a pool's threads start, and the one stop sequence.
+//!
+//! [`start`] wires the channels, starts the workers (each runs `init` and reports `Ready`),
+//! then the metrics thread, then the supervisor — each module spawns its own thread. If any
+//! step fails, a [`StartGuard`] tears down what already started and joins it. [`Running`]
+//! holds what a running pool needs to stop; [`Running::stop`] is the one stop sequence that
+//! every `shutdown*` and `Drop` run:
+//!
+//! 1. `shutdown_now` (or a deadline already due) sets the stop flag: nothing starts from now;
+//! 2. the `closing` flag is set and `closed` disconnects: blocked submits return `ShutDown`;
+//! 3. the orchestrator's strong `Arc<Intake>` drops: the queues close once in-progress submits
+//!    return, and workers leave when their queues are empty and disconnected;
+//! 4. the supervisor gets the command (it hands back what is queued at once for
+//!    `shutdown_now` or at the deadline), joins every worker, drains what is left and sends
+//!    the metrics thread `Finish`;
+//! 5. the metrics thread sends the final summary and returns it.
+//!
+//! Dropped inside one of its own handlers, a pool runs steps 1–4's signals and detaches:
+//! waiting would mean waiting for the calling thread itself.
+
+use std::io;
+use std::panic;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+use crate::builder::Config;
+use crate::context::JobContext;
+use crate::distribution::Spread;
+use crate::error::{BuildError, Detail};
+use crate::ids::WorkerId;
+use crate::intake::{Handle, Intake, Shared};
+use crate::message::{Job, MetricsRequest, Never, Shutdown, Status, ToMetrics};
+use crate::metrics::{MetricsEvent, MetricsSnapshot};
+use crate::metrics_thread::{self, Counters, MetricsConfig, MetricsThread};
+use crate::orchestrator::Orchestrator;
+use crate::report::{ShutdownReport, ShutdownSummary};
+use crate::response::Response;
+use crate::supervisor::{self, Outcome, Supervisor, SupervisorLinks};
+use crate::worker::{Forward, Links, Recipe, SpawnWorker};
+
+/// A started orchestrator and the receiver of its responses: what `build` returns.
+pub(crate) type Built<Req, Resp> = (Orchestrator<Req, Resp>, Receiver<Response<Resp>>);
+
+/// Process-wide source of pool ids; one `fetch_add` per `build`.
+static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
+
+/// The threads and channels of a running pool; taken by the first shutdown.
+pub(crate) struct Running<Req, Resp> {
+    intake: Arc<Intake<Req, Resp>>,
+    /// Dropped when a shutdown starts: wakes submits blocked on a full queue.
+    closed: Sender<Never>,
+    stop: Arc<AtomicBool>,
+    supervisor: JoinHandle<Outcome<Req>>,
+    supervisor_ctl: Sender<Shutdown>,
+    metrics_thread: JoinHandle<ShutdownSummary>,
+    metrics_ctl: Sender<MetricsRequest>,
+}
+
+/// Tears down a half-started pool when dropped: closes the queues (every started worker
+/// then exits), drops the spawner (its channel ends), joins the workers, then lets the
+/// metrics thread see its inbox close and joins it. Defused by taking its parts.
+struct StartGuard<Req, Resp> {
+    senders: Option<Vec<Sender<Job<Req, Resp>>>>,
+    spawner: Option<SpawnWorker>,
+    workers: Vec<JoinHandle<()>>,
+    metrics_tx: Option<Sender<ToMetrics>>,
+    metrics: Option<metrics_thread::Started>,
+}
+
+impl<Req, Resp> Drop for StartGuard<Req, Resp> {
+    fn drop(&mut self) {
+        drop(self.senders.take());
+        drop(self.spawner.take());
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        drop(self.metrics_tx.take());
+        if let Some(m) = self.metrics.take() {
+            drop(m.requests);
+            let _ = m.thread.join();
+        }
+    }
+}
+
+/// Wires the channels and starts every thread; on any failure tears down what started.
+pub(crate) fn start<Req, Resp, S, I, H>(
+    cfg: Config,
+    init: I,
+    handler: H,
+    forward: Option<Forward<Resp>>,
+) -> Result<Built<Req, Resp>, BuildError>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    S: 'static,
+    I: Fn(WorkerId) -> S + Send + Sync + 'static,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+{
+    let n = cfg.workers;
+    let per_worker_queues = matches!(cfg.distribution, Spread::RoundRobin | Spread::ByKey(_));
+    let (senders, receivers): (Vec<_>, Vec<_>) = if per_worker_queues && n > 1 {
+        (0..n)
+            .map(|i| bounded(cfg.queue_capacity / n + usize::from(i < cfg.queue_capacity % n)))
+            .unzip()
+    } else {
+        std::iter::once(bounded(cfg.queue_capacity)).unzip()
+    };
+    let key = match &cfg.distribution {
+        Spread::ByKey(key) if n > 1 => Some(key.clone()),
+        _ => None,
+    };
+    let (resp_tx, resp_rx) = match cfg.response_capacity {
+        Some(cap) => bounded(cap),
+        None => unbounded(),
+    };
+    let (status_tx, status_rx) = unbounded::<Status<Req>>();
+    let (metrics_tx, metrics_rx) = bounded(64 + 2 * n);
+    // Capacity 1, not 0: nothing is ever sent, and a zero-capacity receiver allocates each
+    // time it is registered in a select (crossbeam's zero flavor boxes a packet).
+    let (abort_tx, abort_rx) = bounded::<Never>(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let pool = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
+
+    let recipe = Recipe {
+        pool,
+        name: cfg.thread_name.clone(),
+        stack_size: cfg.stack_size,
+        queues: receivers.clone(),
+        steal: key.is_none(),
+        links: Links {
+            responses: resp_tx,
+            status: status_tx,
+            metrics: metrics_tx.clone(),
+            stop: Arc::clone(&stop),
+            abort: abort_rx,
+        },
+        flush_every: cfg.metrics.then(|| cfg.metrics_interval / 2),
+        forward,
+        init: Arc::new(init),
+        handler: Arc::new(handler),
+    };
+    let mut guard = StartGuard {
+        senders: Some(senders),
+        spawner: Some(recipe.spawner()),
+        workers: Vec::with_capacity(n),
+        metrics_tx: Some(metrics_tx),
+        metrics: None,
+    };
+    let spawn_error =
+        |thread: String, source: io::Error| BuildError::new(Detail::Spawn { thread, source });
+
+    // Workers first; each reports `Ready` (or `InitPanicked`) once its `init` ran.
+    let mut failure = None;
+    for i in 0..n {
+        let spawner = guard
+            .spawner
+            .as_mut()
+            .expect("held until the supervisor starts");
+        match spawner(i) {
+            Ok(h) => guard.workers.push(h),
+            Err(source) => {
+                failure = Some(spawn_error(
+                    format!("{}-worker-{i}", cfg.thread_name),
+                    source,
+                ));
+                break;
+            }
+        }
+    }
+    let mut ready = 0;
+    while ready < guard.workers.len() {
+        match status_rx.recv() {
+            Ok(Status::Ready { .. }) => ready += 1,
+            Ok(Status::InitPanicked { worker, message }) => {
+                ready += 1;
+                let kind = Detail::InitPanicked { worker, message };
+                failure.get_or_insert(BuildError::new(kind));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e); // the guard tears down
+    }
+
+    let counters = Arc::new(Counters::default());
+    let queue_rxs = receivers.clone();
+    let metrics_cfg = MetricsConfig {
+        interval: cfg.metrics_interval,
+        workers: n,
+        queue_len: Box::new(move || queue_rxs.iter().map(Receiver::len).sum()),
+        counters: Arc::clone(&counters),
+        timing_sample: cfg.timing_sample as u64,
+    };
+    match MetricsThread::spawn(&cfg.thread_name, metrics_rx, metrics_cfg) {
+        Ok(started) => guard.metrics = Some(started),
+        Err(source) => return Err(spawn_error(format!("{}-metrics", cfg.thread_name), source)),
+    }
+
+    let links = SupervisorLinks {
+        status: status_rx,
+        metrics: guard
+            .metrics_tx
+            .clone()
+            .expect("held until the end of start"),
+        queues: receivers,
+        stop: Arc::clone(&stop),
+        abort: abort_tx,
+    };
+    let spawner = guard
+        .spawner
+        .take()
+        .expect("held until the supervisor starts");
+    let sup = match Supervisor::spawn(&cfg.thread_name, links, spawner) {
+        Ok(sup) => sup,
+        Err(source) => {
+            let thread = format!("{}-supervisor", cfg.thread_name);
+            return Err(spawn_error(thread, source));
+        }
+    };
+    let supervisor::Started {
+        thread: supervisor,
+        control: supervisor_ctl,
+        handles,
+    } = sup;
+
+    // Everything started: defuse the guard. The supervisor owns the workers from here.
+    let intake = Arc::new(Intake {
+        queues: guard.senders.take().expect("held until now"),
+        key,
+    });
+    let _ = handles.send(std::mem::take(&mut guard.workers));
+    drop(guard.metrics_tx.take());
+    let metrics_thread::Started {
+        thread: metrics_thread,
+        requests: metrics_ctl,
+    } = guard.metrics.take().expect("started above");
+    drop(guard);
+
+    // Capacity 1, not 0: see `abort` above.
+    let (closed_tx, closed_rx) = bounded(1);
+    let shared = Shared {
+        intake: Arc::downgrade(&intake),
+        closed: closed_rx,
+        closing: AtomicBool::new(false),
+        next_id: AtomicU64::new(0),
+        counters,
+        time_mask: cfg.metrics.then(|| cfg.timing_sample as u64 - 1),
+        replies: bounded(crate::intake::REPLY_POOL),
+        pool,
+        workers: n,
+        reentrant: AtomicUsize::new(0),
+    };
+    let running = Running {
+        intake,
+        closed: closed_tx,
+        stop,
+        supervisor,
+        supervisor_ctl,
+        metrics_thread,
+        metrics_ctl,
+    };
+    let orch = Orchestrator::from_parts(Handle::new(shared), running, n, cfg.queue_capacity);
+    Ok((orch, resp_rx))
+}
+
+/// The largest buffer a subscription gets; larger requests are clamped to it.
+pub const MAX_SUBSCRIBER_CAPACITY: usize = 1 << 20;
+
+/// The default buffer of a subscription made with `subscribe`.
+pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 64;
+
+impl<Req, Resp> Running<Req, Resp> {
+    /// The open intake.
+    pub(crate) fn intake(&self) -> &Intake<Req, Resp> {
+        &self.intake
+    }
+
+    /// The current metrics, asked of the metrics thread (a round trip over a channel).
+    pub(crate) fn metrics(&self) -> MetricsSnapshot {
+        let (reply, rx) = bounded(1);
+        let _ = self.metrics_ctl.send(MetricsRequest::Snapshot { reply });
+        rx.recv().expect("the metrics thread died")
+    }
+
+    /// A new subscription with a buffer of `capacity` events (clamped to `1..=MAX`).
+    pub(crate) fn subscribe(&self, capacity: usize) -> Receiver<MetricsEvent> {
+        let capacity = capacity.clamp(1, MAX_SUBSCRIBER_CAPACITY);
+        // One slot more than asked: reserved for the final `Shutdown` event.
+        let (tx, rx) = bounded(capacity + 1);
+        let _ = self
+            .metrics_ctl
+            .send(MetricsRequest::Subscribe { tx, capacity });
+        rx
+    }
+
+    /// The stop sequence (see the module docs): signals, then waits for every thread and
+    /// returns the exact report. From inside one of this pool's own workers it signals and
+    /// detaches instead (`None`): the threads finish on their own.
+    ///
+    /// `Drop` passes `propagate: false`: an internal thread's panic (a bug in this crate) is
+    /// then not re-raised, since a drop may run while the caller is already unwinding.
+    pub(crate) fn stop(
+        self,
+        handle: &Handle<Req, Resp>,
+        mode: Shutdown,
+        propagate: bool,
+    ) -> Option<ShutdownReport<Req>> {
+        let started = Instant::now();
+        let Running {
+            intake,
+            closed,
+            stop,
+            supervisor,
+            supervisor_ctl,
+            metrics_thread,
+            metrics_ctl,
+        } = self;
+        // `shutdown_now`, or a `shutdown_timeout` whose deadline is already due: start
+        // nothing more from this moment, not from the supervisor's first timer tick.
+        let now = match mode {
+            Shutdown::Now => true,
+            Shutdown::Drain { deadline, .. } => deadline.is_some_and(|d| d <= Instant::now()),
+        };
+        if now {
+            stop.store(true, Ordering::Relaxed);
+        }
+        handle.close();
+        drop(closed); // wakes submits blocked on a full queue
+        drop(intake); // the queues close once in-progress submits return
+        let _ = supervisor_ctl.send(mode);
+        if crate::reentry::is_worker_of(handle.pool()) {
+            // Detached: the supervisor and the metrics thread end once the workers do.
+            return None;
+        }
+        let joined = supervisor.join();
+        drop(metrics_ctl);
+        let summary = metrics_thread.join();
+        let (outcome, summary) = match (joined, summary) {
+            (Ok(outcome), Ok(summary)) => (outcome, summary),
+            (Err(p), _) | (_, Err(p)) if propagate => panic::resume_unwind(p),
+            _ => return None,
+        };
+        Some(ShutdownReport {
+            submitted: summary.submitted,
+            completed: summary.completed,
+            failed: summary.failed,
+            undelivered: summary.undelivered,
+            unstarted: outcome.unstarted,
+            cancelled: summary.cancelled,
+            rejected: summary.rejected,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// The deadline of a `shutdown_timeout(timeout)` that starts now (`None`: never).
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
