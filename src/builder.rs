@@ -7,41 +7,18 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use crate::config::{
+    DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, MAX_METRICS_INTERVAL,
+    MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
+};
 use crate::context::JobContext;
 use crate::distribution::{IntoDistribution, Spread};
 use crate::error::{BuildError, Detail};
 use crate::ids::WorkerId;
 use crate::orchestrator::Orchestrator;
 use crate::response::Response;
-use crate::runtime;
+use crate::runtime::{self, Config};
 use crate::worker::{Forward, Handoff};
-
-/// The default bound on queued requests.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
-/// The default period of metrics snapshots.
-pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_millis(100);
-/// The largest accepted `workers`: beyond it `build` fails instead of exhausting threads.
-///
-/// Each worker is an OS thread: its stack is reserved up front (std's default is 2 MiB of
-/// address space, of which only the pages touched become memory) and it takes a few kernel
-/// memory mappings. Linux's default `vm.max_map_count` (65,530) runs out at about 16,000
-/// threads in one process, and a thread that cannot set up its guard page aborts the whole
-/// process, so the limit stays well below that, leaving room for several pools.
-pub const MAX_WORKERS: usize = 4096;
-/// The largest accepted `queue_capacity` and `response_capacity`. A bounded channel allocates
-/// its slots up front: about `capacity × (size_of::<Req>() + 48)` bytes for the queue (so
-/// 80 MiB for a 32-byte request at this limit), and the same order for the responses.
-pub const MAX_QUEUE_CAPACITY: usize = 1 << 20;
-/// The longest effective `metrics_interval`: a longer one (up to `Duration::MAX`) is accepted
-/// and acts as this, so that no deadline computed from it can overflow.
-pub const MAX_METRICS_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-/// The largest effective `timing_sample`: one job in about a million is timed at least.
-pub const MAX_TIMING_SAMPLE: usize = 1 << 20;
-/// The smallest accepted `stack_size`: below it a worker could overflow its stack in this
-/// crate's own code (a stack overflow aborts the process).
-pub const MIN_STACK_SIZE: usize = 64 * 1024;
-/// The default prefix of thread names.
-pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
 
 /// Configures and starts an [`Orchestrator`]. Create it with [`Orchestrator::builder`],
 /// [`Builder::new`] or [`Builder::default`].
@@ -124,21 +101,6 @@ impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
             .field("stack_size", &self.stack_size)
             .finish()
     }
-}
-
-/// A validated configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) queue_capacity: usize,
-    pub(crate) response_capacity: Option<usize>,
-    pub(crate) distribution: Spread,
-    pub(crate) thread_name: String,
-    pub(crate) metrics_interval: Duration,
-    pub(crate) metrics: bool,
-    /// A power of two: one job in this many is timed.
-    pub(crate) timing_sample: usize,
-    pub(crate) stack_size: Option<usize>,
 }
 
 impl<Req, Resp> Builder<Req, Resp> {
@@ -427,7 +389,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Builder<Req, Resp> {
         if let Spread::ByKey(key) = &config.distribution {
             key.check::<Req>()?;
         }
-        runtime::start(config, init, handler, None)
+        runtime::start(config, init, handler, None).map(Orchestrator::from_parts)
     }
 }
 
@@ -440,8 +402,27 @@ impl<Req: Send + 'static> Builder<Req, Handoff> {
     {
         let config = self.config()?;
         let identity: Forward<Handoff> = |handoff| handoff;
-        let (orch, _nothing_is_sent_here) =
-            runtime::start(config, |_| (), handler, Some(identity))?;
+        let parts = runtime::start(config, |_| (), handler, Some(identity))?;
+        let (orch, _nothing_is_sent_here) = Orchestrator::from_parts(parts);
         Ok(orch)
+    }
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
+    /// A [`Builder`] with every option at its default; the request and response types are
+    /// inferred from the handler given to [`build`](Builder::build).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (orch, responses) = channel_orchestrator::Orchestrator::builder()
+    ///     .workers(2)
+    ///     .build(|s: &'static str| s.len())?;
+    /// orch.submit("four").unwrap();
+    /// assert_eq!(responses.recv().unwrap().outcome, Ok(4));
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn builder() -> Builder<Req, Resp> {
+        Builder::new()
     }
 }

@@ -429,22 +429,22 @@ impl fmt::Display for BuildError {
             Detail::TooManyWorkers => write!(
                 f,
                 "invalid configuration: workers must be at most {}",
-                crate::builder::MAX_WORKERS
+                crate::config::MAX_WORKERS
             ),
             Detail::ResponsesTooLarge => write!(
                 f,
                 "invalid configuration: response_capacity must be at most {}",
-                crate::builder::MAX_QUEUE_CAPACITY
+                crate::config::MAX_QUEUE_CAPACITY
             ),
             Detail::QueueTooLarge => write!(
                 f,
                 "invalid configuration: queue_capacity must be at most {}",
-                crate::builder::MAX_QUEUE_CAPACITY
+                crate::config::MAX_QUEUE_CAPACITY
             ),
             Detail::StackSize => write!(
                 f,
                 "invalid configuration: stack_size must be at least {} bytes",
-                crate::builder::MIN_STACK_SIZE
+                crate::config::MIN_STACK_SIZE
             ),
             Detail::Spawn { thread, source } => {
                 write!(f, "failed to spawn thread {thread:?}: {source}")

@@ -83,7 +83,9 @@
 //! channel, carrying its [`RequestId`], the [`WorkerId`] that ran it, its outcome and timings.
 //! [`call`](Orchestrator::call) answers on its own route instead. Dropping the responses
 //! receiver means "I don't want stream responses": workers keep running and count them as
-//! undelivered. [`Orchestrator::submitter`] gives owned, cloneable handles for other threads.
+//! undelivered. [`Orchestrator::submitter`] gives owned, cloneable handles for other threads,
+//! with exactly the same submitting methods: `submit`, `try_submit`, `submit_timeout`,
+//! `submit_with_deadline`, `call` and [`call_timeout`](Orchestrator::call_timeout).
 //!
 //! ```
 //! use channel_orchestrator::Orchestrator;
@@ -135,7 +137,8 @@
 //! order), sending and receiving at once so no capacity can deadlock it.
 //! [`Distribution::by_key`] runs every request of one key on one worker, in submit order.
 //! A [`Pipeline`] chains stages with their own worker counts and bounded queues between
-//! them.
+//! them; it has the same handle surface as an orchestrator ([`Pipeline::submitter`],
+//! `call_timeout`, `process*`, `metrics`, `subscribe`, the three shutdowns).
 //!
 //! ```
 //! use channel_orchestrator::{Orchestrator, Pipeline};
@@ -264,11 +267,13 @@
 //! every piece of state is owned by one thread and changed through messages. (crossbeam
 //! itself parks blocked threads with a lock internally, so this is "no locks in our code",
 //! not "lock-free".) The few atomics — a request id counter, a rejected-submit counter, a
-//! stop flag, a round-robin cursor — each say at their definition why they are safe.
+//! stop flag, a closing flag, a round-robin cursor, a count of re-entrant waits — each say
+//! at their definition why they are safe.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod builder;
+mod config;
 mod context;
 mod distribution;
 mod error;
@@ -290,9 +295,10 @@ mod worker;
 
 pub use crossbeam_channel;
 
-pub use crate::builder::{
-    Builder, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
-    MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
+pub use crate::builder::Builder;
+pub use crate::config::{
+    DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, MAX_METRICS_INTERVAL,
+    MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
 };
 pub use crate::context::JobContext;
 pub use crate::distribution::{ByKey, Distribution, IntoDistribution};
@@ -322,4 +328,6 @@ fn _assert_auto_traits() {
     send_sync::<BuildError>();
     send_sync::<ShutdownReport<String>>();
     send_sync::<MetricsEvent>();
+    send_sync::<Pipeline<String, Vec<u8>>>();
+    owned_handle::<PipelineSubmitter<String, Vec<u8>>>();
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::builder::Builder;
 use crate::error::{CallError, CallTimeoutError, SubmitError, SubmitTimeoutError, TrySubmitError};
 use crate::ids::RequestId;
 use crate::intake::{Handle, Intake};
@@ -18,7 +17,8 @@ use crate::message::{Job, Route, Shutdown};
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
 use crate::process::{Feeder, MakeJob, Process, ProcessOrdered, Tag};
 use crate::report::ShutdownReport;
-use crate::runtime::{DEFAULT_SUBSCRIBER_CAPACITY, Running, deadline_after};
+use crate::response::Response;
+use crate::runtime::{DEFAULT_SUBSCRIBER_CAPACITY, Parts, Running, deadline_after};
 
 /// A pool of worker threads behind a bounded queue; see the [crate docs](crate) for a tour.
 ///
@@ -227,35 +227,15 @@ macro_rules! submitting_methods {
 }
 
 impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
-    /// A [`Builder`] with every option at its default; the request and response types are
-    /// inferred from the handler given to [`build`](Builder::build).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (orch, responses) = channel_orchestrator::Orchestrator::builder()
-    ///     .workers(2)
-    ///     .build(|s: &'static str| s.len())?;
-    /// orch.submit("four").unwrap();
-    /// assert_eq!(responses.recv().unwrap().outcome, Ok(4));
-    /// # Ok::<(), channel_orchestrator::BuildError>(())
-    /// ```
-    pub fn builder() -> Builder<Req, Resp> {
-        Builder::new()
-    }
-
-    pub(crate) fn from_parts(
-        handle: Handle<Req, Resp>,
-        running: Running<Req, Resp>,
-        workers: usize,
-        queue_capacity: usize,
-    ) -> Self {
-        Orchestrator {
-            handle,
-            running: Some(running),
-            workers,
-            queue_capacity,
-        }
+    /// Wraps a started pool; returns it with the receiver of its responses.
+    pub(crate) fn from_parts(parts: Parts<Req, Resp>) -> (Self, Receiver<Response<Resp>>) {
+        let orch = Orchestrator {
+            handle: parts.handle,
+            running: Some(parts.running),
+            workers: parts.workers,
+            queue_capacity: parts.queue_capacity,
+        };
+        (orch, parts.responses)
     }
 
     fn running(&self) -> &Running<Req, Resp> {

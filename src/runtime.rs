@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
-use crate::builder::Config;
 use crate::context::JobContext;
 use crate::distribution::Spread;
 use crate::error::{BuildError, Detail};
@@ -36,14 +35,34 @@ use crate::intake::{Handle, Intake, Shared};
 use crate::message::{Job, MetricsRequest, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
 use crate::metrics_thread::{self, Counters, MetricsConfig, MetricsThread};
-use crate::orchestrator::Orchestrator;
 use crate::report::{ShutdownReport, ShutdownSummary};
 use crate::response::Response;
 use crate::supervisor::{self, Outcome, Supervisor, SupervisorLinks};
 use crate::worker::{Forward, Links, Recipe, SpawnWorker};
 
-/// A started orchestrator and the receiver of its responses: what `build` returns.
-pub(crate) type Built<Req, Resp> = (Orchestrator<Req, Resp>, Receiver<Response<Resp>>);
+/// A started pool: what the facade wraps.
+pub(crate) struct Parts<Req, Resp> {
+    pub(crate) handle: Handle<Req, Resp>,
+    pub(crate) running: Running<Req, Resp>,
+    pub(crate) responses: Receiver<Response<Resp>>,
+    pub(crate) workers: usize,
+    pub(crate) queue_capacity: usize,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) response_capacity: Option<usize>,
+    pub(crate) distribution: Spread,
+    pub(crate) thread_name: String,
+    pub(crate) metrics_interval: Duration,
+    pub(crate) metrics: bool,
+    /// A power of two: one job in this many is timed.
+    pub(crate) timing_sample: usize,
+    pub(crate) stack_size: Option<usize>,
+}
 
 /// Process-wide source of pool ids; one `fetch_add` per `build`.
 static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
@@ -92,7 +111,7 @@ pub(crate) fn start<Req, Resp, S, I, H>(
     init: I,
     handler: H,
     forward: Option<Forward<Resp>>,
-) -> Result<Built<Req, Resp>, BuildError>
+) -> Result<Parts<Req, Resp>, BuildError>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
@@ -265,8 +284,13 @@ where
         metrics_thread,
         metrics_ctl,
     };
-    let orch = Orchestrator::from_parts(Handle::new(shared), running, n, cfg.queue_capacity);
-    Ok((orch, resp_rx))
+    Ok(Parts {
+        handle: Handle::new(shared),
+        running,
+        responses: resp_rx,
+        workers: n,
+        queue_capacity: cfg.queue_capacity,
+    })
 }
 
 /// The largest buffer a subscription gets; larger requests are clamped to it.

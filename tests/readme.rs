@@ -1,6 +1,6 @@
 //! The README's quick start, verbatim, so the first code a user copies keeps working.
 
-use channel_orchestrator::{Distribution, Orchestrator};
+use channel_orchestrator::{Distribution, MetricsEvent, Orchestrator};
 use std::time::Duration;
 
 #[test]
@@ -13,6 +13,7 @@ fn readme_quick_start() -> Result<(), Box<dyn std::error::Error>> {
         .metrics_interval(Duration::from_millis(100))
         .build(|text: String| text.split_whitespace().count())?;
 
+    let events = orch.subscribe(); // a snapshot every interval, worker events
     let id = orch.submit("hello orchestrated world".to_string()).unwrap();
     let response = responses.recv().unwrap(); // Response { id, worker, outcome, .. }
     assert_eq!((response.id, response.outcome), (id, Ok(3)));
@@ -25,8 +26,11 @@ fn readme_quick_start() -> Result<(), Box<dyn std::error::Error>> {
         .sum();
     assert_eq!(total, 5);
 
-    println!("{:?}", orch.metrics()); // counts, p50/p99, per-worker state
     let report = orch.shutdown(); // drain, join, exact totals
     assert_eq!(report.completed, 4);
+    if let Some(MetricsEvent::Shutdown(summary)) = events.iter().last() {
+        println!("{summary:?}"); // the same totals, last on the stream
+        assert_eq!(summary.completed, report.completed);
+    }
     Ok(())
 }
