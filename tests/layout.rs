@@ -20,37 +20,46 @@ const BOTTOM: [(&str, &[&str]); 8] = [
 /// The largest source file, in lines.
 const MAX_LINES: usize = 700;
 
-/// Top-level module → the top-level modules it names through `crate::`.
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// Every file under `src/`.
+fn source_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![Path::new("src").to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-                continue;
+            } else {
+                files.push(path);
             }
-            let rel = path
-                .strip_prefix("src")
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let top = rel.split(['/', '.']).next().unwrap().to_owned();
-            if top == "lib" {
-                continue;
-            }
-            let text = fs::read_to_string(&path).unwrap();
-            let deps = g.entry(top.clone()).or_default();
-            for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
-                for part in line.split("crate::").skip(1) {
-                    let name: String = part
-                        .chars()
-                        .take_while(|c| c.is_alphanumeric() || *c == '_')
-                        .collect();
-                    if !name.is_empty() && name != top {
-                        deps.insert(name);
-                    }
+        }
+    }
+    files
+}
+
+/// Top-level module → the top-level modules it names through `crate::`.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for path in source_files() {
+        let rel = path
+            .strip_prefix("src")
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let top = rel.split(['/', '.']).next().unwrap().to_owned();
+        if top == "lib" {
+            continue;
+        }
+        let text = fs::read_to_string(&path).unwrap();
+        let deps = g.entry(top.clone()).or_default();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for part in line.split("crate::").skip(1) {
+                let name: String = part
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != top {
+                    deps.insert(name);
                 }
             }
         }
