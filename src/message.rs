@@ -12,7 +12,11 @@
 //! | metrics (`ToMetrics`) | workers (stats), supervisor (events, finish) | metrics thread | after `Finish`, the metrics thread returns |
 //! | metrics requests (`MetricsRequest`) | the orchestrator (`subscribe`, `metrics`) | metrics thread | the orchestrator is shut down |
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
 
 use crossbeam_channel::Sender;
 
@@ -101,6 +105,33 @@ pub(crate) enum Status<Req> {
     Unstarted { id: RequestId, req: Req },
     /// The thread is ending; `died` holds a panic message when it unwinds.
     Exited { worker: usize, died: Option<String> },
+}
+
+/// One worker slot's running totals, written only by the thread currently serving that slot
+/// (a replacement continues from its predecessor's values, after it exited) and read by the
+/// metrics thread for every snapshot. So live counts are exact without a message per job.
+///
+/// Each field is written with a plain `Relaxed` load and store, never a read-modify-write:
+/// there is one writer at a time, so no update can be lost. The metrics thread's `Relaxed`
+/// loads may see a value a moment old, never one ahead of the truth (a count is stored after
+/// what it counts happened), so snapshots never overshoot. The struct sits on its own cache
+/// line(s) (`CachePadded`): workers never share a line they write.
+#[derive(Debug, Default)]
+pub(crate) struct LiveCounts {
+    /// Jobs taken from a queue (inline jobs included).
+    pub(crate) taken: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    /// Calls answered `Cancelled` and requests handed back unstarted by this worker.
+    pub(crate) returned: AtomicU64,
+}
+
+/// The live totals of one worker slot.
+pub(crate) type Live = Arc<CachePadded<LiveCounts>>;
+
+/// Adds one to a [`LiveCounts`] field; only its single writer may call this.
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
 /// What one worker did since its last report. Cumulative counts are kept by the metrics thread.

@@ -13,16 +13,18 @@ use crate::report::ShutdownSummary;
 /// A point-in-time view of the whole orchestrator, as [`Orchestrator::metrics`] returns it and
 /// [`MetricsEvent::Snapshot`] streams it.
 ///
-/// Counts come from the workers in batches, so they may lag the truth by up to one
-/// `metrics_interval`; they never overshoot it. A worker reports between jobs: every half
-/// interval while busy, when it goes idle, when a job starts after an idle spell, and when
-/// a job ends after a report was due. So a long job that follows an idle spell shows as in
-/// flight (and its worker busy) while it runs, but one that starts right after another job,
-/// before a report is due, is counted — with the job before it — only when it ends. The totals in the final
-/// [`ShutdownSummary`] are exact. With `.metrics(false)` the workers send their counts only
-/// when they stop, so a running orchestrator reports zeros.
+/// With metrics on (the default) the counts — `submitted`, `completed`, `failed`, `queued`,
+/// `in_flight` and each worker's `completed`, `failed` and `state` — are live: every worker
+/// keeps its running totals where the metrics thread reads them for each snapshot, so they
+/// are exact at the moment they are read (a job that finished between two reads may show a
+/// moment late, never early: counts never overshoot). The latency summaries, `undelivered`,
+/// `throughput` and the busy fractions come with the workers' batched reports and may lag by
+/// up to one `metrics_interval`. The totals in the final [`ShutdownSummary`] are exact. With
+/// `.metrics(false)` the workers keep no live totals and send their counts only when they
+/// stop, so a running orchestrator reports zeros.
 ///
 /// [`Orchestrator::metrics`]: crate::Orchestrator::metrics
+/// [`ShutdownSummary`]: crate::ShutdownSummary
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct MetricsSnapshot {

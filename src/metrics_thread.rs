@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError, never, select, tick, unbounded};
 
 use crate::ids::WorkerId;
-use crate::message::{MetricsRequest, StatsDelta, ToMetrics};
+use crate::message::{Live, MetricsRequest, StatsDelta, ToMetrics};
 use crate::metrics::{
     Histogram, MetricsEvent, MetricsSnapshot, WorkerEvent, WorkerEventKind, WorkerSnapshot,
     WorkerState,
@@ -79,6 +79,8 @@ pub(crate) struct MetricsConfig {
     pub(crate) counters: Arc<Counters>,
     /// One job in this many is timed: finished handler time is scaled up by it.
     pub(crate) timing_sample: u64,
+    /// Each worker slot's live totals; `None` with metrics off.
+    pub(crate) live: Option<Vec<Live>>,
 }
 
 /// A started metrics thread: its handle, and the sender of user requests (`metrics()`,
@@ -97,6 +99,7 @@ pub(crate) struct MetricsThread {
     counters: Arc<Counters>,
     started: Instant,
     timing_sample: u64,
+    live: Option<Vec<Live>>,
 }
 
 struct State {
@@ -131,6 +134,7 @@ impl MetricsThread {
             counters: cfg.counters,
             started: Instant::now(),
             timing_sample: cfg.timing_sample,
+            live: cfg.live,
         };
         let thread = thread::Builder::new()
             .name(format!("{name}-metrics"))
@@ -194,21 +198,56 @@ impl MetricsThread {
     /// broadcast takes a new number first; one that answers `metrics()` takes none, so
     /// subscribers see no gap.
     fn snapshot(&self, st: &mut State) -> MetricsSnapshot {
+        // Per worker slot: (taken, completed, failed, in flight). From the live totals when
+        // metrics are on — exact; `taken` is read first, so a job finished and another taken
+        // between the reads can only make in flight read low, never high — otherwise from the
+        // reports so far.
+        let counts: Vec<(u64, u64, u64, u64)> = st
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| match &self.live {
+                Some(live) => {
+                    let l = &live[i];
+                    let taken = l.taken.load(Ordering::Relaxed);
+                    let completed = l.completed.load(Ordering::Relaxed);
+                    let failed = l.failed.load(Ordering::Relaxed);
+                    let returned = l.returned.load(Ordering::Relaxed);
+                    let done = completed + failed + returned;
+                    (taken, completed, failed, taken.saturating_sub(done))
+                }
+                None => {
+                    let t = &w.totals;
+                    let done = t.completed + t.failed + t.cancelled + t.handed_back;
+                    (t.taken, t.completed, t.failed, t.taken.saturating_sub(done))
+                }
+            })
+            .collect();
+        // Read after the taken counts: a job that moves from a queue to a worker in between
+        // is counted in neither, never in both, so `submitted` never overshoots.
         let queued = (self.queue_len)() as u64;
         let mut sum = StatsDelta::default();
         let mut in_flight = 0;
-        for w in &st.workers {
-            let t = &w.totals;
-            sum.taken += t.taken;
-            sum.completed += t.completed;
-            sum.failed += t.failed;
-            sum.undelivered += t.undelivered;
-            sum.cancelled += t.cancelled;
-            // Each report counts a job as taken no later than as finished, so this cannot underflow.
-            in_flight += t.taken - t.completed - t.failed - t.cancelled - t.handed_back;
+        for (&(taken, completed, failed, running), w) in counts.iter().zip(&st.workers) {
+            sum.taken += taken;
+            sum.completed += completed;
+            sum.failed += failed;
+            sum.undelivered += w.totals.undelivered;
+            sum.cancelled += w.totals.cancelled;
+            in_flight += running;
         }
-        // Accepted = taken + still queued. Reports lag, so this can only undercount.
         st.submitted = st.submitted.max(sum.taken + queued);
+        let state = |w: &WorkerTotals, running: u64| match w.state {
+            // A live worker is busy exactly while it holds a job.
+            Some(WorkerState::Idle | WorkerState::Busy) if self.live.is_some() => {
+                if running > 0 {
+                    WorkerState::Busy
+                } else {
+                    WorkerState::Idle
+                }
+            }
+            other => other.unwrap_or(WorkerState::Starting),
+        };
         MetricsSnapshot {
             seq: st.seq,
             uptime: self.started.elapsed(),
@@ -234,9 +273,9 @@ impl MetricsThread {
                 .enumerate()
                 .map(|(i, w)| WorkerSnapshot {
                     id: WorkerId(i),
-                    state: w.state.unwrap_or(WorkerState::Starting),
-                    completed: w.totals.completed,
-                    failed: w.totals.failed,
+                    state: state(w, counts[i].3),
+                    completed: counts[i].1,
+                    failed: counts[i].2,
                     busy: w.busy,
                     restarts: w.restarts,
                 })

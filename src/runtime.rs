@@ -32,7 +32,7 @@ use crate::distribution::Spread;
 use crate::error::{BuildError, Detail};
 use crate::ids::WorkerId;
 use crate::intake::{Handle, Intake, Shared};
-use crate::message::{Job, MetricsRequest, Never, Shutdown, Status, ToMetrics};
+use crate::message::{Job, Live, MetricsRequest, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
 use crate::metrics_thread::{self, Counters, MetricsConfig, MetricsThread};
 use crate::report::{ShutdownReport, ShutdownSummary};
@@ -143,6 +143,9 @@ where
     let (abort_tx, abort_rx) = bounded::<Never>(1);
     let stop = Arc::new(AtomicBool::new(false));
     let pool = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
+    let live: Option<Vec<Live>> = cfg
+        .metrics
+        .then(|| (0..n).map(|_| Live::default()).collect());
 
     let recipe = Recipe {
         pool,
@@ -159,6 +162,7 @@ where
         },
         flush_every: cfg.metrics.then(|| cfg.metrics_interval / 2),
         forward,
+        live: live.clone(),
         init: Arc::new(init),
         handler: Arc::new(handler),
     };
@@ -215,6 +219,7 @@ where
         queue_len: Box::new(move || queue_rxs.iter().map(Receiver::len).sum()),
         counters: Arc::clone(&counters),
         timing_sample: cfg.timing_sample as u64,
+        live,
     };
     match MetricsThread::spawn(&cfg.thread_name, metrics_rx, metrics_cfg) {
         Ok(started) => guard.metrics = Some(started),

@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError
 use crate::context::JobContext;
 use crate::error::{CallError, JobError};
 use crate::ids::{RequestId, WorkerId};
-use crate::message::{Job, Never, Reply, Route, StatsDelta, Status, ToMetrics};
+use crate::message::{
+    Job, Live, LiveCounts, Never, Reply, Route, StatsDelta, Status, ToMetrics, bump,
+};
 use crate::reentry::{self, Inline};
 use crate::response::Response;
 use crate::unwind::{drop_quietly, message_of};
@@ -84,6 +86,8 @@ pub(crate) struct Recipe<Req, Resp, I, H> {
     pub(crate) flush_every: Option<Duration>,
     /// Pipeline stages: stream responses are handed to the next stage, not sent.
     pub(crate) forward: Option<Forward<Resp>>,
+    /// Each worker slot's live totals, in worker order; `None` with metrics off.
+    pub(crate) live: Option<Vec<Live>>,
     pub(crate) init: Arc<I>,
     pub(crate) handler: Arc<H>,
 }
@@ -117,6 +121,7 @@ where
                 links: self.links.clone(),
                 flush_every: self.flush_every,
                 forward: self.forward,
+                live: self.live.as_ref().map(|l| Arc::clone(&l[i])),
                 waited: Cell::new(false),
                 init: Arc::clone(&self.init),
                 handler: Arc::clone(&self.handler),
@@ -144,6 +149,8 @@ struct Worker<Req, Resp, I, H> {
     links: Links<Req, Resp>,
     flush_every: Option<Duration>,
     forward: Option<Forward<Resp>>,
+    /// This slot's live totals (see [`LiveCounts`](crate::message::LiveCounts)).
+    live: Option<Live>,
     /// Set when handing an answer on had to wait: the next job's start is then not the
     /// previous job's end. Worker-local (a `Cell`, never shared).
     waited: Cell<bool>,
@@ -188,6 +195,13 @@ where
     I: Fn(WorkerId) -> S + Send + Sync + 'static,
     H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
 {
+    /// Counts one event in this slot's live totals (with metrics on).
+    fn live(&self, field: impl FnOnce(&LiveCounts) -> &AtomicU64) {
+        if let Some(live) = &self.live {
+            bump(field(live));
+        }
+    }
+
     /// The thread's body.
     fn run(self) {
         let mut guard = ExitGuard {
@@ -232,6 +246,7 @@ where
                 None => break,
             };
             guard.stats.taken += 1;
+            self.live(|l| &l.taken);
             if self.links.stop.load(Ordering::Relaxed) {
                 self.hand_back(job, &mut guard.stats);
                 continue;
@@ -252,6 +267,7 @@ where
             links: self.links.clone(),
             flush_every: None,
             forward: self.forward,
+            live: self.live.clone(),
             waited: Cell::new(false),
             init: Arc::clone(&self.init),
             handler: Arc::clone(&self.handler),
@@ -267,6 +283,7 @@ where
             counts_only: true,
             ..StatsDelta::default()
         };
+        self.live(|l| &l.taken);
         match self.init_state() {
             Ok(mut state) => {
                 let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
@@ -283,6 +300,7 @@ where
                 let Job { id, req, route, .. } = job;
                 drop_quietly(req);
                 stats.failed += 1;
+                self.live(|l| &l.failed);
                 let error = JobError::Panicked(format!("init panicked: {message}"));
                 let none = Duration::ZERO;
                 self.answer(id, Err(error), route, none, none, &mut stats);
@@ -426,6 +444,7 @@ where
         // A clock read only for requests that carry a deadline.
         if deadline.is_some_and(|d| Instant::now() >= d) {
             stats.failed += 1;
+            self.live(|l| &l.failed);
             drop_quietly(req);
             let none = Duration::ZERO;
             self.answer(
@@ -477,10 +496,12 @@ where
         match result {
             Ok(resp) => {
                 stats.completed += 1;
+                self.live(|l| &l.completed);
                 self.answer(id, Ok(resp), route, queue_time, handler_time, stats);
             }
             Err(payload) => {
                 stats.failed += 1;
+                self.live(|l| &l.failed);
                 let message = message_of(payload);
                 self.answer(
                     id,
@@ -644,6 +665,7 @@ where
         } else {
             stats.handed_back += 1;
         }
+        self.live(|l| &l.returned);
     }
 }
 

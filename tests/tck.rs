@@ -324,7 +324,6 @@ fn active_and_task_counts_include_a_running_job() {
 /// straight on to the next (long) one is counted within one metrics interval, not when the
 /// long one ends; likewise the long one shows as submitted and in flight.
 #[test]
-#[ignore = "known limitation: a worker reports between jobs; a job that starts right after another, before a report is due, is counted only when it ends"]
 fn completed_count_catches_up_while_the_next_job_runs() {
     let interval = Duration::from_millis(200);
     let mut gate = Gate::new();
