@@ -73,8 +73,11 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) next_id: AtomicU64,
     pub(crate) counters: Arc<Counters>,
     /// Which jobs are timed (a clock read at submit, two in the worker): those whose id has
-    /// no bit of the mask set. `None` with metrics off.
-    pub(crate) time_mask: Option<u64>,
+    /// no bit of the mask set. `None` with metrics off. Written only by the metrics thread,
+    /// once an interval when the rate adapts; read with `Relaxed` by every submit: a line
+    /// that is almost never written costs a load, no contention. A stale mask only times a
+    /// job more or less.
+    pub(crate) sampling: Option<Arc<AtomicU64>>,
     /// Idle reply channels for `call`.
     pub(crate) replies: ReplyPool<Req, Resp>,
     /// This pool's id, unique in the process: how a worker thread recognises a handler that
@@ -201,11 +204,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         Job {
             id,
             req,
-            enqueued: self
-                .shared
-                .time_mask
-                .filter(|m| id.0 & m == 0)
-                .map(|_| Instant::now()),
+            enqueued: match &self.shared.sampling {
+                Some(mask) if id.0 & mask.load(Ordering::Relaxed) == 0 => Some(Instant::now()),
+                _ => None,
+            },
             deadline,
             route,
         }

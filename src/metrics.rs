@@ -255,6 +255,11 @@ impl Histogram {
         self.sum
     }
 
+    /// How many durations were recorded.
+    pub(crate) fn count(&self) -> u64 {
+        self.total
+    }
+
     pub(crate) fn merge(&mut self, other: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += *b;

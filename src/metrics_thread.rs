@@ -13,6 +13,8 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::MAX_TIMING_SAMPLE;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -56,6 +58,10 @@ struct WorkerTotals {
     restarts: u64,
     /// Handler nanoseconds at the last tick, for the busy fraction.
     busy_base: u64,
+    /// Timed jobs at the last tick.
+    timed_base: u64,
+    /// Finished jobs at the last tick.
+    jobs_base: u64,
     busy: f64,
     /// The start of the job the worker last reported as running.
     running_since: Option<Instant>,
@@ -77,8 +83,9 @@ pub(crate) struct MetricsConfig {
     pub(crate) workers: usize,
     pub(crate) queue_len: QueueLen,
     pub(crate) counters: Arc<Counters>,
-    /// One job in this many is timed: finished handler time is scaled up by it.
-    pub(crate) timing_sample: u64,
+    /// The mask of timed request ids (see `intake::Shared::sampling`), and whether this
+    /// thread adapts it; `None` with metrics off.
+    pub(crate) sampling: Option<(Arc<AtomicU64>, bool)>,
     /// Each worker slot's live totals; `None` with metrics off.
     pub(crate) live: Option<Vec<Live>>,
 }
@@ -98,8 +105,42 @@ pub(crate) struct MetricsThread {
     queue_len: QueueLen,
     counters: Arc<Counters>,
     started: Instant,
-    timing_sample: u64,
+    /// The adaptive sampling mask this thread sets, with the cost of one clock read.
+    sampler: Option<Sampler>,
     live: Option<Vec<Live>>,
+}
+
+/// Adapts the timing rate so that clock reads cost about [`CLOCK_BUDGET`] of the workers'
+/// time. It needs no clock read of the untimed jobs: what they cost is known from how many
+/// finished. Three clock reads per timed job, `jobs` finished by `workers` in `secs`: timing
+/// one in `n` costs `3 · clock · jobs / n` of `workers · secs`.
+struct Sampler {
+    mask: Arc<AtomicU64>,
+    /// Nanoseconds per clock read, measured when the thread starts.
+    clock_ns: f64,
+}
+
+/// The share of the workers' time that clock reads may cost.
+const CLOCK_BUDGET: f64 = 0.01;
+
+impl Sampler {
+    fn adapt(&self, jobs: u64, workers: usize, secs: f64) {
+        let available_ns = CLOCK_BUDGET * workers.max(1) as f64 * secs * 1e9;
+        let n = (3.0 * self.clock_ns * jobs as f64 / available_ns.max(1.0)).ceil();
+        let n = (n.clamp(1.0, MAX_TIMING_SAMPLE as f64) as u64).next_power_of_two();
+        self.mask.store(n - 1, Ordering::Relaxed);
+    }
+}
+
+/// The cost of one `Instant::now()` here, in nanoseconds.
+fn clock_cost() -> f64 {
+    const READS: u32 = 256;
+    let start = Instant::now();
+    let mut last = start;
+    for _ in 0..READS {
+        last = std::hint::black_box(Instant::now());
+    }
+    last.duration_since(start).as_nanos() as f64 / f64::from(READS)
 }
 
 struct State {
@@ -133,7 +174,12 @@ impl MetricsThread {
             queue_len: cfg.queue_len,
             counters: cfg.counters,
             started: Instant::now(),
-            timing_sample: cfg.timing_sample,
+            sampler: cfg.sampling.and_then(|(mask, adaptive)| {
+                adaptive.then(|| Sampler {
+                    mask,
+                    clock_ns: clock_cost(),
+                })
+            }),
             live: cfg.live,
         };
         let thread = thread::Builder::new()
@@ -185,7 +231,7 @@ impl MetricsThread {
                     Err(_) => control = never(),
                 },
                 recv(ticker) -> _ => {
-                    st.interval_rates(Instant::now(), self.timing_sample);
+                    st.interval_rates(Instant::now(), self.sampler.as_ref());
                     st.seq += 1;
                     let snap = self.snapshot(&mut st);
                     st.broadcast(MetricsEvent::Snapshot(snap));
@@ -378,7 +424,7 @@ impl State {
     }
 
     /// Throughput and busy fractions over the interval that ends now.
-    fn interval_rates(&mut self, now: Instant, sample: u64) {
+    fn interval_rates(&mut self, now: Instant, sampler: Option<&Sampler>) {
         let secs = now.saturating_duration_since(self.last_tick).as_secs_f64();
         let finished: u64 = self
             .workers
@@ -389,9 +435,20 @@ impl State {
             self.throughput = (finished - self.finished_at_tick) as f64 / secs;
             for w in &mut self.workers {
                 let busy_nanos = w.totals.handler.sum_nanos();
-                let finished = (busy_nanos.saturating_sub(w.busy_base))
-                    .saturating_mul(sample)
-                    .saturating_sub(w.to_subtract);
+                let timed_count = w.totals.handler.count();
+                let jobs = w.totals.completed + w.totals.failed;
+                let (d_nanos, d_timed) = (
+                    busy_nanos.saturating_sub(w.busy_base),
+                    timed_count.saturating_sub(w.timed_base),
+                );
+                // Scale the timed jobs' handler time up to every job this interval finished.
+                let scale = if d_timed > 0 {
+                    jobs.saturating_sub(w.jobs_base) as f64 / d_timed as f64
+                } else {
+                    0.0
+                };
+                let finished = (d_nanos as f64 * scale) as u64;
+                let finished = finished.saturating_sub(w.to_subtract);
                 let running = w.running_since.map_or(0, |since| {
                     let from = since.max(self.last_tick);
                     nanos(now.saturating_duration_since(from))
@@ -400,7 +457,15 @@ impl State {
                 w.to_subtract = 0;
                 w.busy = (finished.saturating_add(running) as f64 / 1e9 / secs).clamp(0.0, 1.0);
                 w.busy_base = busy_nanos;
+                w.timed_base = timed_count;
+                w.jobs_base = jobs;
             }
+        }
+        if let Some(sampler) = sampler
+            && secs > 0.0
+        {
+            let workers = self.workers.len();
+            sampler.adapt(finished - self.finished_at_tick, workers, secs);
         }
         self.finished_at_tick = finished;
         self.last_tick = now;

@@ -59,8 +59,8 @@ pub(crate) struct Config {
     pub(crate) thread_name: String,
     pub(crate) metrics_interval: Duration,
     pub(crate) metrics: bool,
-    /// A power of two: one job in this many is timed.
-    pub(crate) timing_sample: usize,
+    /// `Some(n)`, a power of two: time one job in `n`. `None`: adapt the rate.
+    pub(crate) timing_sample: Option<usize>,
     pub(crate) stack_size: Option<usize>,
 }
 
@@ -146,6 +146,10 @@ where
     let live: Option<Vec<Live>> = cfg
         .metrics
         .then(|| (0..n).map(|_| Live::default()).collect());
+    // Which jobs are timed: those whose id has no bit of the mask set. Adaptive (the
+    // default) starts by timing every job.
+    let first_mask = cfg.timing_sample.map_or(0, |n| n as u64 - 1);
+    let sampling = cfg.metrics.then(|| Arc::new(AtomicU64::new(first_mask)));
 
     let recipe = Recipe {
         pool,
@@ -218,7 +222,9 @@ where
         workers: n,
         queue_len: Box::new(move || queue_rxs.iter().map(Receiver::len).sum()),
         counters: Arc::clone(&counters),
-        timing_sample: cfg.timing_sample as u64,
+        sampling: sampling
+            .clone()
+            .map(|mask| (mask, cfg.timing_sample.is_none())),
         live,
     };
     match MetricsThread::spawn(&cfg.thread_name, metrics_rx, metrics_cfg) {
@@ -274,7 +280,7 @@ where
         closing: AtomicBool::new(false),
         next_id: AtomicU64::new(0),
         counters,
-        time_mask: cfg.metrics.then(|| cfg.timing_sample as u64 - 1),
+        sampling,
         replies: bounded(crate::intake::REPLY_POOL),
         pool,
         workers: n,

@@ -439,6 +439,7 @@ fn counts_catch_up_after_short_jobs() {
         let (orch, responses) = Orchestrator::builder()
             .workers(2)
             .metrics_interval(interval)
+            .timing_sample(1) // every job timed: the latency count is exact too
             .build(|i: u64| i)
             .unwrap();
         for i in 0..JOBS {
@@ -781,4 +782,50 @@ fn timing_sample_times_one_job_in_n() {
         e.to_string(),
         "invalid configuration: timing_sample must be at least 1"
     );
+}
+
+/// The default timing rate adapts: short jobs are sampled (clock reads would cost more than
+/// the jobs), long jobs are all timed; counts stay exact either way.
+#[test]
+fn the_default_timing_rate_adapts_to_the_job_length() {
+    within(WAIT, "the test", || {
+        let interval = Duration::from_millis(10);
+        let (orch, responses) = Orchestrator::builder()
+            .workers(1)
+            .metrics_interval(interval)
+            .build(|us: u64| {
+                if us > 0 {
+                    thread::sleep(Duration::from_micros(us));
+                }
+                us
+            })
+            .unwrap();
+        drop(responses);
+        // Empty jobs for a few intervals: the rate drops well below every job.
+        let start = std::time::Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < interval * 6 {
+            for _ in 0..1_000 {
+                orch.submit(0).unwrap();
+            }
+            n += 1_000;
+        }
+        let m = wait_for(&orch, "every empty job counted", |m| m.completed == n);
+        let empty_timed = m.latency.count;
+        assert!(empty_timed < n / 2, "{empty_timed} of {n} empty jobs timed");
+        // Long jobs: from the next interval on, every one is timed.
+        for _ in 0..20 {
+            orch.submit(2_000).unwrap();
+        }
+        let m = wait_for(&orch, "long jobs counted", |m| m.completed == n + 20);
+        thread::sleep(interval * 3);
+        for _ in 0..10 {
+            orch.submit(2_000).unwrap();
+        }
+        let m2 = wait_for(&orch, "ten more, all timed", |m2| {
+            m2.completed == n + 30 && m2.latency.count >= m.latency.count + 10
+        });
+        assert_eq!(m2.latency.count, m.latency.count + 10, "{m2:#?}");
+        assert_eq!(orch.shutdown().completed, n + 30);
+    });
 }

@@ -358,16 +358,13 @@ fn soak(requests: u64) {
         thread::sleep(INTERVAL);
     };
     assert_eq!(
-        (
-            m.submitted,
-            m.failed,
-            m.latency.count,
-            m.queued,
-            m.in_flight
-        ),
-        (requests, expected_panics, requests, 0, 0),
+        (m.submitted, m.failed, m.queued, m.in_flight),
+        (requests, expected_panics, 0, 0),
         "counts drifted: {m:#?}"
     );
+    // Latencies are sampled (adaptively, by default): a uniform sample, never more than
+    // every job.
+    assert!(m.latency.count > 0 && m.latency.count <= requests, "{m:#?}");
     let end_kb = rss_kb();
     let report = orch.shutdown();
     let elapsed = started.elapsed();
