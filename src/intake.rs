@@ -21,10 +21,14 @@
 //! # Re-entrancy
 //!
 //! A worker of this pool that would block on it (a `call`, or a blocking `submit` that
-//! finds the queue full) counts itself in `Shared::reentrant` first. If that count would
-//! reach the number of workers, no worker would be left to serve the queue: the request runs
-//! inline instead ([`reentry`](crate::reentry)). So re-entrancy can never exhaust the pool.
+//! finds the queue full) marks itself blocked in `Shared::blocked` first. If no other alive
+//! worker would be left to serve the queue — or, with per-key queues, the request's own worker
+//! is the caller or is blocked too — the request runs inline instead
+//! ([`reentry`](crate::reentry)). So re-entrancy can never exhaust the pool or close a cycle
+//! of workers waiting on each other.
 
+use std::any::Any;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -40,7 +44,20 @@ use crate::error::{
 use crate::ids::RequestId;
 use crate::message::{Job, Never, Reply, Route};
 use crate::metrics_thread::Counters;
-use crate::reentry::{self, Inline};
+use crate::reentry::{self, Blocked, Inline};
+use crate::unwind::drop_quietly;
+
+/// Ids a thread takes from its pool's counter at a time.
+const ID_BLOCK: u64 = 256;
+
+thread_local! {
+    /// This thread's block of request ids: (pool, next, end). Thread-local, never shared.
+    static IDS: Cell<(u64, u64, u64)> = const { Cell::new((u64::MAX, 0, 0)) };
+    /// This thread's idle reply channel pair for `call`, for one pool: an
+    /// `Option<ReplyPair<Req, Resp>>` behind `Any` (allocated once per pool switch), so a
+    /// `call` in steady state makes no channel operation to get or return its reply channel.
+    static REPLY: RefCell<Option<(u64, Box<dyn Any>)>> = const { RefCell::new(None) };
+}
 
 /// Reply channels kept for reuse by `call`, so a `call` allocates nothing in steady state.
 pub(crate) const REPLY_POOL: usize = 64;
@@ -83,14 +100,9 @@ pub(crate) struct Shared<Req, Resp> {
     /// This pool's id, unique in the process: how a worker thread recognises a handler that
     /// calls back into its own pool.
     pub(crate) pool: u64,
-    /// The number of workers.
-    pub(crate) workers: usize,
-    /// Workers of this pool blocked in a re-entrant `call` or `submit` into it. Touched only
-    /// by re-entrant waits (never on the ordinary path), with `SeqCst` read-modify-writes: a
-    /// worker that would make it reach `workers` runs the request inline instead of waiting,
-    /// so at least one worker is always free to serve the queue and re-entrancy cannot
-    /// exhaust the pool.
-    pub(crate) reentrant: AtomicUsize,
+    /// Which workers are blocked on this pool itself (see [`Blocked`]): a worker that could
+    /// deadlock by waiting runs its request inline instead.
+    pub(crate) blocked: Arc<Blocked>,
 }
 
 /// Whether a re-entrant caller may wait or must run its request inline.
@@ -107,11 +119,11 @@ enum Reentry<'a, Req, Resp> {
 pub(crate) type Begun<'a, Req, Resp> = (Receiver<Reply<Req, Resp>>, Option<WaitGuard<'a>>);
 
 /// Counts one worker as blocked in a re-entrant wait while it lives.
-pub(crate) struct WaitGuard<'a>(&'a AtomicUsize);
+pub(crate) struct WaitGuard<'a>(&'a Blocked, usize);
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.unblock(self.1);
     }
 }
 
@@ -190,8 +202,66 @@ impl<Req, Resp> Handle<Req, Resp> {
 
 impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     /// A fresh request id.
+    ///
+    /// Ids are handed out in blocks of [`ID_BLOCK`] to each thread (a thread-local cache), so
+    /// a submit touches no shared line for its id: one `Relaxed` `fetch_add` on the pool's
+    /// counter per block. Ids stay unique per pool and increase along each thread's submits.
     pub(crate) fn next_id(&self) -> RequestId {
-        RequestId(self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+        let pool = self.shared.pool;
+        IDS.with(|ids| {
+            let (of, next, end) = ids.get();
+            if of == pool && next < end {
+                ids.set((of, next + 1, end));
+                return RequestId(next);
+            }
+            let start = self.shared.next_id.fetch_add(ID_BLOCK, Ordering::Relaxed);
+            ids.set((pool, start + 1, start + ID_BLOCK));
+            RequestId(start)
+        })
+    }
+
+    /// A reply channel pair for a `call`: this thread's cached one, else one from the pool,
+    /// else a new one.
+    fn reply_pair(&self) -> ReplyPair<Req, Resp> {
+        let pool = self.shared.pool;
+        let cached = REPLY.with(|r| match &mut *r.borrow_mut() {
+            Some((of, slot)) if *of == pool => slot
+                .downcast_mut::<Option<ReplyPair<Req, Resp>>>()
+                .and_then(Option::take),
+            _ => None,
+        });
+        cached
+            .or_else(|| self.shared.replies.1.try_recv().ok())
+            .unwrap_or_else(|| bounded(1))
+    }
+
+    /// Gives a reply channel pair back: to this thread's cache (no channel operation), or,
+    /// if it holds one already, to the pool.
+    fn recycle(&self, pair: ReplyPair<Req, Resp>) {
+        let pool = self.shared.pool;
+        let spare = REPLY.with(|r| {
+            let mut r = r.borrow_mut();
+            if let Some((of, slot)) = &mut *r
+                && *of == pool
+                && let Some(free) = slot.downcast_mut::<Option<ReplyPair<Req, Resp>>>()
+            {
+                return match free {
+                    None => {
+                        *free = Some(pair);
+                        None
+                    }
+                    Some(_) => Some(pair),
+                };
+            }
+            // The cache held another pool's pair (or nothing): it now serves this pool.
+            let old = r.replace((pool, Box::new(Some(pair))));
+            drop(r);
+            drop_quietly(old);
+            None
+        });
+        if let Some(pair) = spare {
+            let _ = self.shared.replies.0.try_send(pair);
+        }
     }
 
     pub(crate) fn job(
@@ -254,19 +324,27 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         Err((Refusal::Full, job, first))
     }
 
-    /// Whether this thread, a worker of this pool, may block on it (counting itself as
-    /// blocked), or must run its request inline because every other worker is blocked too.
-    fn reentry(&self) -> Reentry<'_, Req, Resp> {
-        let Some(inline) = reentry::inline_runner::<Req, Resp>(self.shared.pool) else {
+    /// Whether this thread, a worker of this pool, may block on it (marking itself
+    /// blocked), or must run its request inline because waiting could deadlock: no other
+    /// worker free, or — with per-key queues — the request's own worker (`target`, computed
+    /// only for a re-entrant caller) is this one or is blocked too.
+    fn reentry(&self, target: impl FnOnce() -> Option<usize>) -> Reentry<'_, Req, Resp> {
+        let Some((me, inline)) = reentry::inline_runner::<Req, Resp>(self.shared.pool) else {
             return Reentry::Wait(None);
         };
-        let waits = &self.shared.reentrant;
-        if waits.fetch_add(1, Ordering::SeqCst) + 1 < self.shared.workers {
-            Reentry::Wait(Some(WaitGuard(waits)))
+        let blocked = &*self.shared.blocked;
+        if blocked.block(me, target()) {
+            Reentry::Wait(Some(WaitGuard(blocked, me)))
         } else {
-            waits.fetch_sub(1, Ordering::SeqCst);
             Reentry::Inline(inline)
         }
+    }
+
+    /// The per-key queue (= worker) of `req`, if this pool has per-key queues.
+    fn key_queue(intake: Option<&Intake<Req, Resp>>, req: &Req) -> Option<usize> {
+        let intake = intake?;
+        let key = intake.key.as_ref()?;
+        Some(key.queue(req, intake.queues.len()))
     }
 
     /// Puts a job on a queue, waiting as `wait` says. On refusal the job comes back.
@@ -300,7 +378,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         };
         // A worker of this pool waiting for space in its own queue: only while another
         // worker is free to make that space (a timed wait ends by itself).
-        let _blocked = match (may_inline && deadline.is_none()).then(|| self.reentry()) {
+        let per_key = intake.key.is_some();
+        let reentry =
+            (may_inline && deadline.is_none()).then(|| self.reentry(|| per_key.then_some(first)));
+        let _blocked = match reentry {
             Some(Reentry::Inline(inline)) => {
                 inline.run(job);
                 return Ok(id);
@@ -431,20 +512,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
     ) -> Result<Begun<'_, Req, Resp>, CallError<Req>> {
-        let pool = &self.shared.replies;
-        let guard = match self.reentry() {
+        let guard = match self.reentry(|| Self::key_queue(intake, &req)) {
             Reentry::Wait(guard) => guard,
             Reentry::Inline(inline) => {
                 if intake.is_none() || self.shared.closing.load(Ordering::Relaxed) {
                     self.rejected();
                     return Err(CallError::ShutDown(req));
                 }
-                let (tx, rx) = pool.1.try_recv().unwrap_or_else(|_| bounded(1));
+                let (tx, rx) = self.reply_pair();
                 inline.run(self.job(req, None, Route::Call(tx)));
                 return Ok((rx, None));
             }
         };
-        let (tx, rx) = pool.1.try_recv().unwrap_or_else(|_| bounded(1));
+        let (tx, rx) = self.reply_pair();
         let job = self.job(req, None, Route::Call(tx));
         let may_inline = guard.is_none();
         match self.enqueue(intake, job, Wait::Forever, may_inline) {
@@ -452,7 +532,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             Err((_, job)) => {
                 self.rejected();
                 if let Route::Call(tx) = job.route {
-                    let _ = pool.0.try_send((tx, rx));
+                    self.recycle((tx, rx));
                 }
                 Err(CallError::ShutDown(job.req))
             }
@@ -461,11 +541,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
 
     /// The second half of a `call`: wait for the one reply, recycle the channel.
     pub(crate) fn call_wait(&self, rx: Receiver<Reply<Req, Resp>>) -> Result<Resp, CallError<Req>> {
-        let pool = &self.shared.replies;
         match rx.recv() {
             Ok(Reply { result, back }) => {
                 // Exactly one reply per accepted call, so the channel is empty again.
-                let _ = pool.0.try_send((back, rx));
+                self.recycle((back, rx));
                 result
             }
             // The job was dropped unanswered: its worker thread died outside the handler.

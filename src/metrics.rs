@@ -47,7 +47,8 @@ pub struct MetricsSnapshot {
     pub cancelled: u64,
     /// Requests in the queue(s), accepted but not yet taken by a worker.
     pub queued: u64,
-    /// Requests taken by a worker and not yet finished.
+    /// Requests taken by a worker and not yet finished: at most one per worker, plus the
+    /// requests a worker runs inline for a handler that called its own pool.
     pub in_flight: u64,
     /// Jobs finished (completed + failed) per second over the last interval.
     pub throughput: f64,

@@ -19,6 +19,7 @@ use crate::process::{Feeder, MakeJob, Process, ProcessOrdered, Tag};
 use crate::report::ShutdownReport;
 use crate::response::Response;
 use crate::runtime::{DEFAULT_SUBSCRIBER_CAPACITY, Parts, Running, deadline_after};
+use crate::unwind::drop_quietly;
 
 /// A pool of worker threads behind a bounded queue; see the [crate docs](crate) for a tour.
 ///
@@ -480,7 +481,13 @@ impl<Req, Resp> Drop for Orchestrator<Req, Resp> {
                 deadline: None,
                 give_up: true,
             };
-            drop(running.stop(&self.handle, graceful, false));
+            if let Some(report) = running.stop(&self.handle, graceful, false) {
+                // Nobody receives these: drop them one by one, where a panicking `Drop`
+                // cannot escape (a second panic in one drop glue would abort).
+                for request in report.unstarted {
+                    drop_quietly(request);
+                }
+            }
         }
     }
 }

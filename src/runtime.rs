@@ -21,7 +21,7 @@
 use std::io;
 use std::panic;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use crate::intake::{Handle, Intake, Shared};
 use crate::message::{Job, Live, MetricsRequest, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
 use crate::metrics_thread::{self, Counters, MetricsConfig, MetricsThread};
+use crate::reentry::Blocked;
 use crate::report::{ShutdownReport, ShutdownSummary};
 use crate::response::Response;
 use crate::supervisor::{self, Outcome, Supervisor, SupervisorLinks};
@@ -143,6 +144,7 @@ where
     let (abort_tx, abort_rx) = bounded::<Never>(1);
     let stop = Arc::new(AtomicBool::new(false));
     let pool = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
+    let blocked = Arc::new(Blocked::new(n));
     let live: Option<Vec<Live>> = cfg
         .metrics
         .then(|| (0..n).map(|_| Live::default()).collect());
@@ -241,6 +243,7 @@ where
         queues: receivers,
         stop: Arc::clone(&stop),
         abort: abort_tx,
+        blocked: Arc::clone(&blocked),
     };
     let spawner = guard
         .spawner
@@ -283,8 +286,7 @@ where
         sampling,
         replies: bounded(crate::intake::REPLY_POOL),
         pool,
-        workers: n,
-        reentrant: AtomicUsize::new(0),
+        blocked,
     };
     let running = Running {
         intake,

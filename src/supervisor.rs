@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, never, select};
 use crate::ids::RequestId;
 use crate::message::{Job, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::WorkerEventKind;
+use crate::reentry::Blocked;
 use crate::unwind::{drop_quietly, panic_message};
 use crate::worker::SpawnWorker;
 
@@ -34,6 +35,8 @@ struct Slot {
     handle: Option<JoinHandle<()>>,
     /// Whether its thread is running (between spawn and `Exited`).
     running: bool,
+    /// Whether its thread is serving (between `Ready` and `Exited`): counted as alive.
+    serving: bool,
     /// Whether the current thread is a replacement (its `Ready` is a restart).
     replacement: bool,
     /// Consecutive deaths, for the backoff.
@@ -55,6 +58,8 @@ pub(crate) struct SupervisorLinks<Req, Resp> {
     pub(crate) stop: Arc<AtomicBool>,
     /// Dropped when a `shutdown_timeout` expires: workers stop waiting for response space.
     pub(crate) abort: Sender<Never>,
+    /// Which workers wait on the pool itself; the supervisor keeps its `alive` count.
+    pub(crate) blocked: Arc<Blocked>,
 }
 
 /// A started supervisor: its thread, the channel for the one shutdown command, and the
@@ -73,6 +78,7 @@ pub(crate) struct Supervisor<Req, Resp> {
     queues: Vec<Receiver<Job<Req, Resp>>>,
     stop: Arc<AtomicBool>,
     abort: Option<Sender<Never>>,
+    blocked: Arc<Blocked>,
     /// Whether the shutdown command arrived.
     shutting_down: bool,
     /// A pipeline stage's deadline: stop starting jobs, but keep delivering responses.
@@ -98,6 +104,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             queues: links.queues,
             stop: links.stop,
             abort: Some(links.abort),
+            blocked: links.blocked,
             shutting_down: false,
             keep_delivering: false,
         };
@@ -122,6 +129,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             .map(|h| Slot {
                 handle: Some(h),
                 running: true,
+                serving: true, // `build` returned after every worker's `Ready`
                 replacement: false,
                 deaths: 0,
                 respawn_at: None,
@@ -146,6 +154,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     let Ok(msg) = msg else { break };
                     self.on_status(msg, &mut slots, &mut unstarted);
                     respawn = Self::respawn_timer(&slots);
+                    self.rescue(&slots, &mut unstarted, &mut cancelled);
                 }
                 recv(control) -> cmd => {
                     // The orchestrator sends exactly one command; a disconnect without one
@@ -172,6 +181,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                         }
                         Shutdown::Drain { deadline: None, .. } => {}
                     }
+                    self.rescue(&slots, &mut unstarted, &mut cancelled);
                 }
                 recv(deadline) -> _ => {
                     deadline = never();
@@ -181,6 +191,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                 recv(respawn) -> _ => {
                     self.respawn_due(&mut slots);
                     respawn = Self::respawn_timer(&slots);
+                    self.rescue(&slots, &mut unstarted, &mut cancelled);
                 }
             }
         }
@@ -203,6 +214,22 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             cancelled,
         });
         Outcome { unstarted }
+    }
+
+    /// During a shutdown, once no replacement will come: if every worker still alive is
+    /// blocked waiting on the pool itself (a re-entrant `call` whose request is queued), no
+    /// one can ever run what is queued — hand it back, so the waiting calls get `Cancelled`
+    /// and their workers can finish. (The inline rule keeps this from arising while workers
+    /// are alive; it arises when one dies after another began to wait.)
+    fn rescue(&self, slots: &[Slot], unstarted: &mut Vec<(RequestId, Req)>, cancelled: &mut u64) {
+        let waiting_for_replacement = slots.iter().any(|s| s.respawn_at.is_some());
+        if self.shutting_down
+            && !waiting_for_replacement
+            && self.blocked.count() > 0
+            && self.blocked.count() >= self.blocked.alive()
+        {
+            self.hand_back_queued(unstarted, cancelled);
+        }
     }
 
     /// Takes every queued job out of the queues at once (`shutdown_now`, or an expired
@@ -240,6 +267,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             Status::Ready { worker } => {
                 let slot = &mut slots[worker];
                 slot.deaths = 0;
+                slot.serving = true;
+                self.blocked.set_alive(self.blocked.alive() + 1);
                 if slot.replacement {
                     self.event(worker, WorkerEventKind::Restarted);
                 }
@@ -263,6 +292,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             Status::Exited { worker, died } => {
                 let slot = &mut slots[worker];
                 slot.running = false;
+                if std::mem::take(&mut slot.serving) {
+                    self.blocked
+                        .set_alive(self.blocked.alive().saturating_sub(1));
+                }
                 let joined = slot.handle.take().map(JoinHandle::join);
                 let died = match (died, joined) {
                     (Some(_), Some(Err(payload))) => Some(panic_message(&*payload)),

@@ -221,7 +221,7 @@ where
             }
         };
         let _ = self.links.status.send(Status::Ready { worker: self.id });
-        reentry::enter(self.pool, self.inline_runner());
+        reentry::enter(self.pool, self.id, self.inline_runner());
 
         // Built once and reused for every blocking wait (a `Select` allocates as it is built).
         let mut select = Select::new_biased();

@@ -6,12 +6,38 @@
 //! subscribers come and go, read, stall, or unsubscribe; and the run ends in every kind of
 //! shutdown (`shutdown`, `shutdown_timeout`, `shutdown_now`, drop) at a random moment.
 //!
+//! Two more hostile behaviours, each with a per-seed probability:
+//! - re-entrant handlers: some top-level requests, when handled, call back into their own pool
+//!   through a `Submitter` the handler captured (an `Arc<OnceLock<_>>` filled after `build`):
+//!   one nested blocking `call` and/or one nested blocking `submit`, in either order. Nested
+//!   requests are plain (they panic, sleep and panic-drop like any other, but never nest), so
+//!   recursion stops there. Pools have 1 to 4 workers and every distribution, so a nested
+//!   request either waits for another worker or, when waiting would leave no worker free
+//!   (always for a `call` in a 1-worker pool, which the checker asserts), runs inline on the
+//!   calling worker with a fresh state from `init` — which may itself fail, answering
+//!   `JobError::Panicked("init panicked: ..")` without running the handler. A nested request
+//!   is accounted like any other: its `call`'s answer (`Cancelled` if `shutdown_now` or an
+//!   expired `shutdown_timeout` took it off the queue, `ShutDown` once a shutdown started), or
+//!   one response on the responses channel, or unstarted, or undelivered where allowed;
+//! - request values whose `Drop` panics (with the quiet-panic marker, after counting the drop)
+//!   wherever the crate or the handler drops them: a worker dropping a request whose deadline
+//!   had passed (answered `DeadlineExceeded`; these panic-drop most often), a handler consuming
+//!   its request (a handler panic, answered `JobError::Panicked`; only where `init` never
+//!   fails, or for nested requests, so that worker deaths do not pile up respawn backoffs), a
+//!   nested request dropped unrun because its inline `init` failed, a `process` iterator
+//!   dropped with an input pending, a drop that left requests unstarted. The test defuses the
+//!   ones that come back to it (refusals, cancelled calls, `unstarted`) before dropping them.
+//!   No worker may die of it, no panic may escape a shutdown, nothing may be lost.
+//!
 //! Every scenario checks:
-//! - exactly-once: every accepted request is answered exactly once (on the responses channel,
-//!   to its `call`, or to its `process` iterator), or handed back unstarted, or cancelled back
-//!   to its `call`, or — only when its receiver was dropped, or a `shutdown_timeout` gave up
-//!   on a full response channel — counted undelivered; nothing runs twice, nothing refused
-//!   runs, and the report's (or, for drop, the `Shutdown` event's) totals are exact;
+//! - exactly-once: every accepted request (nested ones included) is answered exactly once (on
+//!   the responses channel, to its `call`, or to its `process` iterator), or handed back
+//!   unstarted, or cancelled back to its `call`, or — only when its receiver was dropped, or a
+//!   `shutdown_timeout` gave up on a full response channel — counted undelivered; nothing runs
+//!   twice, nothing refused runs, every answer names the worker thread that ran it (for a
+//!   nested request run inline: the worker whose handler made it), and the report's (or, for
+//!   drop, the `Shutdown` event's) totals are exact
+//!   (`submitted == completed + failed + unstarted + cancelled`);
 //! - no hang: every wait is bounded, and a whole scenario must finish within
 //!   [`SCENARIO_LIMIT`];
 //! - no thread left behind: after each shutdown, `/proc/self/task` is back to the count it had
@@ -21,23 +47,25 @@
 //! - live metrics never overshoot, and every subscription sees consecutive sequence numbers.
 //!
 //! A failing scenario prints its seed. Reproduce it with
-//! `CHAOS_SEED=<seed> cargo test --test chaos -- --nocapture`; run more seeds with
+//! `CHAOS_SEED=<seed> cargo test --test chaos -- --nocapture` (which prints the scenario
+//! first, since a hung one never unwinds to print it); run more seeds with
 //! `CHAOS_SEEDS=<count> cargo test --release --test chaos`; `CHAOS_VERBOSE=1` prints each
 //! scenario's totals.
 
 mod common;
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError};
+use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use channel_orchestrator::{
     CallError, Distribution, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, RequestId,
     Response, ShutdownReport, ShutdownSummary, SubmitError, SubmitTimeoutError, Submitter,
-    TrySubmitError,
+    TrySubmitError, WorkerId,
 };
 use common::{MARKER, Rng, Stop, WAIT, quiet_panics, within};
 
@@ -115,6 +143,11 @@ struct Scenario {
     /// Subscribe once more right before the shutdown; that subscriber must get the summary.
     late_subscriber: bool,
     stop: Stop,
+    /// Chance that a top-level request is re-entrant: when handled, it makes a nested `call`
+    /// and/or a nested blocking `submit` into its own pool.
+    reentrant_percent: u64,
+    /// Chance that a request's `Drop` panics (after counting the drop).
+    drop_panic_percent: u64,
 }
 
 impl Scenario {
@@ -170,6 +203,8 @@ impl Scenario {
             run_for: Duration::from_millis(r.below(MAX_RUN_MS)),
             late_subscriber: r.chance(50),
             stop,
+            reentrant_percent: [0, 5, 15, 40][r.below(4) as usize],
+            drop_panic_percent: [0, 0, 4, 10][r.below(4) as usize],
         }
     }
 
@@ -185,8 +220,21 @@ impl Scenario {
     fn deadline_base(&self) -> u64 {
         self.process_base() + self.process_count()
     }
+    /// Top-level requests: made by the producers, the `process` stream and the deadline
+    /// submits.
     fn tags(&self) -> u64 {
         self.deadline_base() + self.deadline_submits
+    }
+    /// Every tag: the top-level ones, then two nested ones per top-level tag (its nested
+    /// `call`, then its nested `submit`).
+    fn all_tags(&self) -> u64 {
+        3 * self.tags()
+    }
+    fn nested_tag(&self, parent: u64, op: Nested) -> u64 {
+        self.tags() + 2 * parent + u64::from(op == Nested::Submit)
+    }
+    fn is_nested(&self, tag: u64) -> bool {
+        tag >= self.tags()
     }
     fn is_process_tag(&self, tag: u64) -> bool {
         (self.process_base()..self.deadline_base()).contains(&tag)
@@ -194,9 +242,48 @@ impl Scenario {
     fn panics(&self, tag: u64) -> bool {
         draw(self.seed, tag, 1) % 100 < self.panic_percent
     }
+    /// Requests the crate drops unrun (past their deadline) panic in `Drop` more often than
+    /// the others. For those, the `Drop` panic comes in the handler, a handler panic like any
+    /// other; top-level ones only in scenarios whose `init` never fails (handler panics kill
+    /// workers there already; more deaths would only add respawn backoffs to the run).
+    fn drop_panics(&self, tag: u64) -> bool {
+        let percent = if self.expired(tag) {
+            5 * self.drop_panic_percent
+        } else if self.init_fail_percent == 0 || self.is_nested(tag) {
+            self.drop_panic_percent
+        } else {
+            0
+        };
+        draw(self.seed, tag, 6) % 100 < percent
+    }
+    /// Whether the handler of `tag`, once run, answers a panic: its own, or its request's
+    /// `Drop` when the handler consumes it.
+    fn fails(&self, tag: u64) -> bool {
+        self.panics(tag) || self.drop_panics(tag)
+    }
+    /// The nested operations a handled request makes, in order (none for nested requests).
+    fn nested_ops(&self, tag: u64) -> &'static [Nested] {
+        if self.is_nested(tag) || draw(self.seed, tag, 7) % 100 >= self.reentrant_percent {
+            return &[];
+        }
+        const OPS: [&[Nested]; 4] = [
+            &[Nested::Call],
+            &[Nested::Submit],
+            &[Nested::Call, Nested::Submit],
+            &[Nested::Submit, Nested::Call],
+        ];
+        OPS[(draw(self.seed, tag, 8) % 4) as usize]
+    }
+    /// Nested requests sleep a quarter as long: long enough to keep their callers blocked
+    /// while others queue up behind them, short enough to keep the run's length.
     fn sleep_us(&self, tag: u64) -> u64 {
         if draw(self.seed, tag, 2) % 100 < self.slow_percent {
-            draw(self.seed, tag, 3) % self.max_sleep_us
+            let max = if self.is_nested(tag) {
+                self.max_sleep_us / 4
+            } else {
+                self.max_sleep_us
+            };
+            draw(self.seed, tag, 3) % max
         } else {
             0
         }
@@ -205,12 +292,51 @@ impl Scenario {
     fn deadline_passed(&self, tag: u64) -> bool {
         draw(self.seed, tag, 4).is_multiple_of(2)
     }
+    /// A deadline submit whose deadline had passed when it was submitted.
+    fn expired(&self, tag: u64) -> bool {
+        (self.deadline_base()..self.tags()).contains(&tag) && self.deadline_passed(tag)
+    }
     /// Whether the scenario allows accepted work to be given up in a graceful shutdown: only a
-    /// worker whose replacements keep dying makes a draining shutdown hand work back.
+    /// worker whose replacements keep dying makes a draining shutdown hand work back: a
+    /// rebuild after a handler panic (its own, or its request's `Drop`) whose `init` fails. A
+    /// nested request run inline whose `init` fails kills nothing.
     fn workers_may_die(&self) -> bool {
-        self.init_fail_percent > 0 && self.panic_percent > 0
+        let drop_panics = self.drop_panic_percent > 0 && self.reentrant_percent > 0;
+        self.init_fail_percent > 0 && (self.panic_percent > 0 || drop_panics)
     }
 }
+
+/// A nested operation of a re-entrant handler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Nested {
+    Call,
+    Submit,
+}
+
+thread_local! {
+    /// While a handler makes a nested call or submit: the nested request's tag. An `init`
+    /// that runs on this thread meanwhile runs for that request, inline on this worker.
+    static NESTING: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as making the nested request `tag` while it lives.
+struct Nesting;
+
+impl Nesting {
+    fn enter(tag: u64) -> Self {
+        NESTING.with(|n| n.set(Some(tag)));
+        Nesting
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(None));
+    }
+}
+
+/// Both ends of an unbounded channel.
+type Channel<T> = (Sender<T>, Receiver<T>);
 
 /// Everything the handler and the request values report, per tag and in total.
 struct Log {
@@ -226,6 +352,21 @@ struct Log {
     attempts: AtomicU64,
     /// `init` runs, to let rebuilds fail while the first start never does.
     inits: AtomicU64,
+    /// Nested requests run inline whose `init` failed (so their handler never ran).
+    init_failed: Vec<AtomicBool>,
+    /// How many `init`s failed for a nested request run inline; bumped before the panic.
+    inline_init_failures: AtomicU64,
+    /// Nested requests whose handler ran inline, on the worker that made them.
+    ran_inline: Vec<AtomicBool>,
+    /// The worker thread (index + 1, from its name) that ran each request's handler, or on
+    /// which its inline `init` failed; 0 if none. Its answer must name that worker.
+    worker: Vec<AtomicU64>,
+    /// `Drop` panics raised (by requests dropped outside the test).
+    drop_panics: AtomicU64,
+    /// How each nested request ended, from its handler's side.
+    nested: Channel<(u64, Fate)>,
+    /// What a handler found wrong with a nested request's result (checked after the run).
+    wrong: Channel<String>,
 }
 
 impl Log {
@@ -237,10 +378,40 @@ impl Log {
             finished: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             inits: AtomicU64::new(0),
+            init_failed: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            inline_init_failures: AtomicU64::new(0),
+            ran_inline: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            worker: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            drop_panics: AtomicU64::new(0),
+            nested: unbounded(),
+            wrong: unbounded(),
         })
     }
     fn ran(&self, tag: u64) -> u32 {
         self.ran[tag as usize].load(Ordering::SeqCst)
+    }
+    fn init_failed(&self, tag: u64) -> bool {
+        self.init_failed[tag as usize].load(Ordering::SeqCst)
+    }
+    /// Records that `tag` ran (or failed its inline `init`) on this worker thread.
+    fn ran_here(&self, tag: u64) {
+        let name = thread::current().name().map(str::to_owned);
+        let index = name
+            .as_deref()
+            .and_then(|n| n.rsplit_once("-worker-"))
+            .and_then(|(_, i)| i.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("request {tag} handled on thread {name:?}"));
+        self.worker[tag as usize].store(index + 1, Ordering::SeqCst);
+    }
+    /// Checks that an answer for `tag` names the worker that ran it.
+    fn check_worker(&self, tag: u64, worker: WorkerId) {
+        let ran_on = self.worker[tag as usize].load(Ordering::SeqCst);
+        assert_eq!(
+            worker.index() as u64 + 1,
+            ran_on,
+            "request {tag} answered as worker {worker}, ran on worker {}",
+            ran_on.wrapping_sub(1)
+        );
     }
 }
 
@@ -249,6 +420,10 @@ struct Req {
     tag: u64,
     panic: bool,
     sleep_us: u64,
+    /// The nested requests its handler makes into its own pool.
+    nested: &'static [Nested],
+    /// Its `Drop` panics (unless defused by the test, which drops it itself).
+    drop_panics: bool,
     log: Arc<Log>,
 }
 
@@ -260,14 +435,25 @@ impl Req {
             tag,
             panic: sc.panics(tag),
             sleep_us: sc.sleep_us(tag),
+            nested: sc.nested_ops(tag),
+            drop_panics: sc.drop_panics(tag),
             log: Arc::clone(log),
         }
+    }
+
+    /// Drops a request that came back to the test, without its `Drop` panic.
+    fn defuse(mut self) {
+        self.drop_panics = false;
     }
 }
 
 impl Drop for Req {
     fn drop(&mut self) {
         self.log.drops[self.tag as usize].fetch_add(1, Ordering::SeqCst);
+        if self.drop_panics && !thread::panicking() {
+            self.log.drop_panics.fetch_add(1, Ordering::SeqCst);
+            panic!("{MARKER} drop panic #{}#", self.tag);
+        }
     }
 }
 
@@ -288,16 +474,94 @@ fn tag_of(outcome: &Result<u64, JobError>) -> Option<u64> {
     }
 }
 
-fn handler(req: Req) -> u64 {
-    req.log.ran[req.tag as usize].fetch_add(1, Ordering::SeqCst);
+fn handler(sc: &Scenario, pool: &OnceLock<Submitter<Req, u64>>, req: Req) -> u64 {
+    let tag = req.tag;
+    req.log.ran[tag as usize].fetch_add(1, Ordering::SeqCst);
+    req.log.ran_here(tag);
+    if NESTING.with(Cell::get) == Some(tag) {
+        // Made by a handler on this very thread: run inline.
+        req.log.ran_inline[tag as usize].store(true, Ordering::SeqCst);
+    }
     if req.sleep_us > 0 {
         thread::sleep(Duration::from_micros(req.sleep_us));
     }
+    for &op in req.nested {
+        let pool = pool
+            .get()
+            .expect("the submitter is installed right after build");
+        nested(sc, pool, &req.log, sc.nested_tag(tag, op), op);
+    }
     req.log.finished.fetch_add(1, Ordering::SeqCst);
     if req.panic {
-        panic!("{MARKER} panic #{}#", req.tag);
+        // Unwinding drops the request: its `Drop` does not panic again while panicking.
+        panic!("{MARKER} panic #{tag}#");
     }
-    answer(req.tag)
+    if req.drop_panics {
+        drop(req); // panics "drop panic #tag#": a handler panic
+        unreachable!("the drop of request {tag} did not panic");
+    }
+    answer(tag)
+}
+
+/// One nested request of a re-entrant handler, into its own pool; records how it ended.
+fn nested(sc: &Scenario, pool: &Submitter<Req, u64>, log: &Arc<Log>, tag: u64, op: Nested) {
+    let req = Req::new(sc, tag, log);
+    log.attempts.fetch_add(1, Ordering::SeqCst);
+    let wrong = |what: String| -> Option<Fate> {
+        let _ = log.wrong.0.send(format!("nested request {tag}: {what}"));
+        None
+    };
+    let back = |r: Req| {
+        if r.tag != tag {
+            let _ = log
+                .wrong
+                .0
+                .send(format!("nested {tag} got request {} back", r.tag));
+        }
+        r.defuse();
+    };
+    let nesting = Nesting::enter(tag);
+    let fate = match op {
+        Nested::Call => match pool.call(req) {
+            Ok(v) if v == answer(tag) => Some(Fate::CallOk),
+            Ok(v) => wrong(format!("call answered {v}")),
+            Err(CallError::Failed(JobError::Panicked(msg))) => {
+                if msg.contains(&format!("#{tag}#")) {
+                    Some(Fate::CallPanicked)
+                } else if log.init_failed(tag) && msg.contains("init") {
+                    Some(Fate::CallInitFailed)
+                } else {
+                    wrong(format!("call panicked: {msg:?}"))
+                }
+            }
+            Err(CallError::Failed(e)) => wrong(format!("call failed: {e:?}")),
+            Err(CallError::Cancelled(r)) => {
+                back(r);
+                Some(Fate::CallCancelled)
+            }
+            Err(CallError::ShutDown(r)) => {
+                back(r);
+                Some(Fate::Refused {
+                    shut_down: true,
+                    late: false,
+                })
+            }
+        },
+        Nested::Submit => match pool.submit(req) {
+            Ok(id) => Some(Fate::Accepted(id)),
+            Err(SubmitError::ShutDown(r)) => {
+                back(r);
+                Some(Fate::Refused {
+                    shut_down: true,
+                    late: false,
+                })
+            }
+        },
+    };
+    drop(nesting);
+    if let Some(fate) = fate {
+        let _ = log.nested.0.send((tag, fate));
+    }
 }
 
 /// How a producer's request ended, from the producer's side.
@@ -312,6 +576,8 @@ enum Fate {
     CallOk,
     CallPanicked,
     CallCancelled,
+    /// A nested call run inline whose fresh `init` panicked: answered, never ran.
+    CallInitFailed,
 }
 
 fn produce(
@@ -331,6 +597,7 @@ fn produce(
         let late = reported.load(Ordering::SeqCst);
         let back = |r: Req, shut_down: bool| {
             assert_eq!(r.tag, tag, "a refusal handed back another request");
+            r.defuse();
             Fate::Refused { shut_down, late }
         };
         let fate = match rng.below(4) {
@@ -360,6 +627,7 @@ fn produce(
                 Err(CallError::Failed(e)) => panic!("call {tag}: {e:?}"),
                 Err(CallError::Cancelled(r)) => {
                     assert_eq!(r.tag, tag, "call {tag} cancelled with another request");
+                    r.defuse();
                     Fate::CallCancelled
                 }
                 Err(CallError::ShutDown(r)) => back(r, true),
@@ -417,11 +685,14 @@ fn consume(sc: &Scenario, responses: Receiver<Response<u64>>) -> Consumed {
 
 /// Checks one live snapshot against the truth read right after it.
 fn check_snapshot(sc: &Scenario, log: &Log, m: &MetricsSnapshot, past_deadlines: u64) {
+    // Read after the snapshot: each is bumped before the count it bounds can be reported.
     let finished = log.finished.load(Ordering::SeqCst);
+    let init_failures = log.inline_init_failures.load(Ordering::SeqCst);
     let attempts = log.attempts.load(Ordering::SeqCst);
     assert!(
-        m.completed + m.failed <= finished + past_deadlines,
-        "overshoot: {} + {} finished, truly {finished} (+{past_deadlines} expired)",
+        m.completed + m.failed <= finished + past_deadlines + init_failures,
+        "overshoot: {} + {} finished, truly {finished} (+{past_deadlines} expired, \
+         +{init_failures} inline init failures)",
         m.completed,
         m.failed
     );
@@ -434,7 +705,10 @@ fn check_snapshot(sc: &Scenario, log: &Log, m: &MetricsSnapshot, past_deadlines:
     assert!(m.completed + m.failed <= m.submitted, "{m:?}");
     assert!(m.undelivered <= m.completed + m.failed, "{m:?}");
     assert!(m.queued <= sc.queue_capacity as u64, "{m:?}");
-    assert!(m.in_flight <= sc.workers as u64, "{m:?}");
+    // One job per worker, plus, for a re-entrant request, the nested one its worker runs
+    // inline while the outer one waits (both are in flight).
+    let per_worker = if sc.reentrant_percent > 0 { 2 } else { 1 };
+    assert!(m.in_flight <= (per_worker * sc.workers) as u64, "{m:?}");
     assert_eq!(m.workers.len(), sc.workers);
 }
 
@@ -569,9 +843,10 @@ fn run_process(sc: &Scenario, orch: &Orchestrator<Req, u64>, log: &Arc<Log>) -> 
     let take = |r: Response<u64>, out: &mut Processed| {
         let tag = tag_of(&r.outcome).unwrap_or_else(|| panic!("process: {:?}", r.outcome));
         assert!(sc.is_process_tag(tag), "process yielded tag {tag}");
+        log.check_worker(tag, r.worker);
         match &r.outcome {
-            Ok(_) => assert!(!sc.panics(tag), "process {tag} should have panicked"),
-            Err(_) => assert!(sc.panics(tag), "process {tag} panicked"),
+            Ok(_) => assert!(!sc.fails(tag), "process {tag} should have panicked"),
+            Err(_) => assert!(sc.fails(tag), "process {tag} panicked"),
         }
         out.yielded.push(tag);
     };
@@ -609,6 +884,8 @@ impl Drop for Reporter<'_> {
 }
 
 fn build(sc: &Arc<Scenario>, log: &Arc<Log>) -> (Orchestrator<Req, u64>, Receiver<Response<u64>>) {
+    // The handler's way back into its own pool, installed right after `build`.
+    let pool: Arc<OnceLock<Submitter<Req, u64>>> = Arc::new(OnceLock::new());
     let mut b = Orchestrator::builder()
         .workers(sc.workers)
         .queue_capacity(sc.queue_capacity)
@@ -624,22 +901,33 @@ fn build(sc: &Arc<Scenario>, log: &Arc<Log>) -> (Orchestrator<Req, u64>, Receive
         b = b.response_capacity(c);
     }
     let (sc2, log2) = (Arc::clone(sc), Arc::clone(log));
-    b.build_with_state(
-        move |_| {
-            let n = log2.inits.fetch_add(1, Ordering::SeqCst);
-            if n >= sc2.workers as u64 && draw(sc2.seed, n, 5) % 100 < sc2.init_fail_percent {
-                panic!("{MARKER}: rebuild {n} fails");
-            }
-        },
-        |_: &mut (), req: Req| handler(req),
-    )
-    .unwrap()
+    let (sc3, pool3) = (Arc::clone(sc), Arc::clone(&pool));
+    let (orch, responses) = b
+        .build_with_state(
+            move |_| {
+                let n = log2.inits.fetch_add(1, Ordering::SeqCst);
+                if n >= sc2.workers as u64 && draw(sc2.seed, n, 5) % 100 < sc2.init_fail_percent {
+                    // A rebuild after a handler panic (the worker dies), or the fresh state of
+                    // a nested request run inline (answered as a panic, nothing dies).
+                    if let Some(tag) = NESTING.with(Cell::get) {
+                        log2.ran_here(tag);
+                        log2.init_failed[tag as usize].store(true, Ordering::SeqCst);
+                        log2.inline_init_failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                    panic!("{MARKER}: init {n} fails");
+                }
+            },
+            move |_: &mut (), req: Req| handler(&sc3, &pool3, req),
+        )
+        .unwrap();
+    assert!(pool.set(orch.submitter()).is_ok(), "installed twice");
+    (orch, responses)
 }
 
 fn run(sc: Scenario) {
     let _reporter = Reporter(&sc);
     let sc = Arc::new(sc.clone());
-    let log = Log::new(sc.tags());
+    let log = Log::new(sc.all_tags());
     let (orch, responses) = build(&sc, &log);
     let shutting_down = Arc::new(AtomicBool::new(false));
     let reported = Arc::new(AtomicBool::new(false));
@@ -707,7 +995,7 @@ fn run(sc: Scenario) {
                         match orch.submit_with_deadline(req, deadline) {
                             Ok(id) => deadline_ids.push((tag, id)),
                             Err(e) => {
-                                drop(e.into_inner());
+                                e.into_inner().defuse();
                                 deadline_refused += 1;
                             }
                         }
@@ -747,12 +1035,27 @@ fn run(sc: Scenario) {
         thread::spawn(move || read_events(&sc, &log, Sub::Slow(0), events, &stop))
     });
     shutting_down.store(true, Ordering::SeqCst);
-    let report = sc.stop.apply(orch);
+    // A request's `Drop` panic must not escape any kind of shutdown (the quiet hook would
+    // hide its message: say what happened).
+    let stop = sc.stop;
+    let mut report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stop.apply(orch)))
+        .unwrap_or_else(|_| panic!("a panic escaped the shutdown ({stop:?})"));
     reported.store(true, Ordering::SeqCst);
 
     let mut fates: HashMap<u64, Fate> = HashMap::new();
     for p in producers {
         fates.extend(p.join().unwrap());
+    }
+    // Every handler has returned: the nested requests' fates are all in.
+    let wrong: Vec<String> = log.wrong.1.try_iter().collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    let mut nested = 0;
+    for (tag, fate) in log.nested.1.try_iter() {
+        assert!(
+            fates.insert(tag, fate).is_none(),
+            "nested request {tag} twice"
+        );
+        nested += 1;
     }
     let consumed = consumer.join().unwrap();
     let audit = auditor.join().unwrap();
@@ -798,7 +1101,8 @@ fn run(sc: Scenario) {
 
     if std::env::var_os("CHAOS_VERBOSE").is_some() {
         eprintln!(
-            "seed {}: {:?} {:?} received {} (quit: {}), process yielded {}, calls {}",
+            "seed {}: {:?} {:?} received {} (quit: {}), process yielded {}, calls {}, nested {} \
+             ({} inline, {} inline init failures), drop panics {}",
             sc.seed,
             sc.stop,
             totals,
@@ -807,9 +1111,30 @@ fn run(sc: Scenario) {
             processed.yielded.len(),
             fates
                 .values()
-                .filter(|f| matches!(f, Fate::CallOk | Fate::CallPanicked | Fate::CallCancelled))
-                .count()
+                .filter(|f| {
+                    matches!(
+                        f,
+                        Fate::CallOk
+                            | Fate::CallPanicked
+                            | Fate::CallCancelled
+                            | Fate::CallInitFailed
+                    )
+                })
+                .count(),
+            nested,
+            log.ran_inline
+                .iter()
+                .filter(|r| r.load(Ordering::SeqCst))
+                .count(),
+            log.inline_init_failures.load(Ordering::SeqCst),
+            log.drop_panics.load(Ordering::SeqCst),
         );
+    }
+    // What came back unstarted is the test's to drop: without the `Drop` panic.
+    if let Some(r) = report.as_mut() {
+        for (_, req) in &mut r.unstarted {
+            req.drop_panics = false;
+        }
     }
     drop(report);
     drop(consumed);
@@ -835,7 +1160,7 @@ fn check_exactly_once(
     report: Option<&ShutdownReport<Req>>,
     totals: Totals,
 ) {
-    for tag in 0..sc.tags() {
+    for tag in 0..sc.all_tags() {
         assert!(
             log.ran(tag) <= 1,
             "request {tag} ran {} times",
@@ -858,7 +1183,28 @@ fn check_exactly_once(
             "two requests share id {id}"
         );
     }
-    let expired = |tag: u64| tag >= sc.deadline_base() && sc.deadline_passed(tag);
+    let expired = |tag: u64| sc.expired(tag);
+    // Nested requests run inline whose fresh state failed: answered a panic, never ran.
+    let init_failed = |tag: u64| log.init_failed(tag);
+    for tag in 0..sc.all_tags() {
+        if init_failed(tag) {
+            assert!(
+                sc.is_nested(tag),
+                "init failed inline for top-level request {tag}"
+            );
+            assert_eq!(
+                log.ran(tag),
+                0,
+                "request {tag} ran although its init failed"
+            );
+        }
+    }
+    let inline_init_failures = (0..sc.all_tags()).filter(|&t| init_failed(t)).count() as u64;
+    assert_eq!(
+        inline_init_failures,
+        log.inline_init_failures.load(Ordering::SeqCst),
+        "one nested request's init failed twice"
+    );
 
     // Responses: each for an accepted request, once, with the right outcome.
     let mut received: HashSet<u64> = HashSet::new();
@@ -879,15 +1225,20 @@ fn check_exactly_once(
                 assert_eq!(log.ran(tag), 0, "an expired request ran");
                 expired_answered += 1;
             }
+            Err(JobError::Panicked(msg)) if init_failed(tag) => {
+                assert!(msg.contains("init"), "request {tag}: {msg:?}");
+                log.check_worker(tag, r.worker);
+            }
             outcome => {
                 assert_eq!(tag_of(outcome), Some(tag), "request {tag}: {outcome:?}");
                 assert!(!expired(tag), "expired request {tag} ran");
                 assert_eq!(
                     outcome.is_err(),
-                    sc.panics(tag),
+                    sc.fails(tag),
                     "request {tag}: {outcome:?}"
                 );
                 assert_eq!(log.ran(tag), 1, "answered request {tag} never ran");
+                log.check_worker(tag, r.worker);
             }
         }
     }
@@ -940,7 +1291,18 @@ fn check_exactly_once(
             Fate::CallOk | Fate::CallPanicked => {
                 calls += 1;
                 assert_eq!(log.ran(tag), 1, "answered call {tag} never ran");
-                assert_eq!(*fate == Fate::CallPanicked, sc.panics(tag));
+                assert_eq!(*fate == Fate::CallPanicked, sc.fails(tag), "call {tag}");
+                if sc.is_nested(tag) && sc.workers == 1 {
+                    // No other worker to wait for.
+                    assert!(
+                        log.ran_inline[tag as usize].load(Ordering::SeqCst),
+                        "nested call {tag} in a 1-worker pool did not run inline"
+                    );
+                }
+            }
+            Fate::CallInitFailed => {
+                calls += 1;
+                assert!(init_failed(tag), "call {tag} answered an init failure");
             }
             Fate::CallCancelled => {
                 calls += 1;
@@ -963,7 +1325,7 @@ fn check_exactly_once(
         if received.contains(&tag) || unstarted.contains(&tag) {
             continue;
         }
-        if report.is_none() && log.ran(tag) == 0 {
+        if report.is_none() && log.ran(tag) == 0 && !init_failed(tag) {
             // A drop runs (or, past its deadline, answers) everything, unless workers kept
             // dying: then what is left is counted in the summary's `unstarted` and dropped
             // with the report nobody sees.
@@ -975,7 +1337,7 @@ fn check_exactly_once(
             }
         }
         assert!(
-            log.ran(tag) == 1 || expired(tag),
+            log.ran(tag) == 1 || expired(tag) || init_failed(tag),
             "stream request {tag} was accepted, never ran and was not handed back"
         );
         stream_missing += 1;
@@ -1018,12 +1380,13 @@ fn check_exactly_once(
     assert!(never_fed == 0 || processed.dropped_early);
 
     // The totals, exactly.
-    let ran_ok = (0..sc.tags())
-        .filter(|&t| log.ran(t) == 1 && !sc.panics(t))
+    let ran_ok = (0..sc.all_tags())
+        .filter(|&t| log.ran(t) == 1 && !sc.fails(t))
         .count() as u64;
-    let ran_panicked = (0..sc.tags())
-        .filter(|&t| log.ran(t) == 1 && sc.panics(t))
-        .count() as u64;
+    let ran_panicked = (0..sc.all_tags())
+        .filter(|&t| log.ran(t) == 1 && sc.fails(t))
+        .count() as u64
+        + inline_init_failures;
     assert_eq!(totals.completed, ran_ok, "completed: {totals:?}");
     let expired_accepted = deadline_ids.iter().filter(|(t, _)| expired(*t)).count() as u64;
     let expired_unstarted = unstarted.iter().filter(|&&t| expired(t)).count() as u64;
@@ -1122,6 +1485,7 @@ fn assert_threads_back_to(baseline: usize, seed: u64) {
 #[test]
 fn chaos_schedules_lose_nothing_hang_nowhere_and_leave_no_thread() {
     quiet_panics();
+    let single = std::env::var_os("CHAOS_SEED").is_some();
     let seeds: Vec<u64> = match std::env::var("CHAOS_SEED") {
         Ok(s) => vec![s.parse().expect("CHAOS_SEED must be a number")],
         Err(_) => {
@@ -1134,6 +1498,10 @@ fn chaos_schedules_lose_nothing_hang_nowhere_and_leave_no_thread() {
     let started = Instant::now();
     for seed in seeds {
         let sc = Scenario::new(seed);
+        if single {
+            // A hung scenario never unwinds, so its `Reporter` never prints: print it first.
+            eprintln!("chaos seed {seed}: {sc:#?}");
+        }
         within(SCENARIO_LIMIT, &format!("chaos seed {seed}"), move || {
             run(sc)
         });

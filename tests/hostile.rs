@@ -767,3 +767,140 @@ fn absurd_pipeline_sizes_are_build_errors_not_aborts() {
         .unwrap_err();
     assert!(e.to_string().contains("workers must be at most"), "{e}");
 }
+
+// ---- found by the chaos schedules' re-entrant and panicking-Drop requests -----------------
+
+#[test]
+fn a_call_into_its_own_per_key_queue_runs_inline_instead_of_deadlocking() {
+    let me: SelfRef<u64, u64> = Arc::default();
+    let inner = Arc::clone(&me);
+    let (orch, _responses) = Orchestrator::builder()
+        .workers(2)
+        .distribution(Distribution::by_key(|r: &u64| *r % 2))
+        .thread_name("h-keyself")
+        .build(move |x: u64| {
+            if x >= 100 {
+                // The same key: the nested request's queue is this very worker's.
+                return inner.get().unwrap().call(x - 100).unwrap() + 1;
+            }
+            x
+        })
+        .unwrap();
+    me.set(orch.submitter()).unwrap();
+    let sub = orch.submitter();
+    assert_eq!(
+        within(WAIT, "nested per-key call", move || sub.call(102)),
+        Ok(3)
+    );
+    // Two workers calling into each other's keys at once never wait on each other forever.
+    let sub = orch.submitter();
+    let (a, b) = within(WAIT, "crossed per-key calls", move || {
+        let s2 = sub.clone();
+        let t = thread::spawn(move || s2.call(101)); // key 1 calls key 0
+        (sub.call(100), t.join().unwrap())
+    });
+    assert_eq!((a, b), (Ok(1), Ok(2)));
+    within(WAIT, "shutdown", move || orch.shutdown());
+    assert_no_threads_of("h-keyself");
+}
+
+#[test]
+fn shutdown_returns_when_the_only_worker_left_waits_on_its_own_queued_call() {
+    quiet_panics();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let me: SelfRef<u32, u32> = Arc::default();
+    let (counted, inner) = (Arc::clone(&inits), Arc::clone(&me));
+    let (started_tx, started) = bounded::<()>(4);
+    let (orch, _responses) = Orchestrator::builder()
+        .workers(2)
+        .thread_name("h-lastwait")
+        .build_with_state(
+            // The two first starts succeed; every rebuild and replacement fails.
+            move |_| {
+                assert!(
+                    counted.fetch_add(1, Ordering::SeqCst) < 2,
+                    "{MARKER}: init fails"
+                );
+            },
+            move |_: &mut (), r: u32| match r {
+                // Dies a little later: its rebuild fails, and so does every replacement.
+                0 => {
+                    started_tx.send(()).unwrap();
+                    thread::sleep(Duration::from_millis(50));
+                    panic!("{MARKER}: handler panics")
+                }
+                // Calls its own pool while the other worker is busy, not blocked: it waits.
+                1 => {
+                    started_tx.send(()).unwrap();
+                    match inner.get().unwrap().call(2) {
+                        Ok(v) => v,
+                        Err(CallError::Cancelled(v)) => v + 100,
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                }
+                n => n,
+            },
+        )
+        .unwrap();
+    me.set(orch.submitter()).unwrap();
+    orch.submit(0).unwrap();
+    orch.submit(1).unwrap();
+    started.recv_timeout(WAIT).unwrap();
+    started.recv_timeout(WAIT).unwrap();
+    let report = within(
+        WAIT,
+        "shutdown with the last worker waiting on its own pool",
+        move || orch.shutdown(),
+    );
+    assert_eq!(
+        report.submitted,
+        report.completed + report.failed + report.cancelled + report.unstarted.len() as u64
+    );
+    assert_no_threads_of("h-lastwait");
+}
+
+#[test]
+fn dropping_an_orchestrator_with_unstarted_requests_whose_drop_panics_does_not_panic() {
+    quiet_panics();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let drops = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&inits);
+    let (orch, _responses) = Orchestrator::builder()
+        .workers(1)
+        .thread_name("h-dropbomb")
+        .build_with_state(
+            move |_| {
+                assert!(
+                    counted.fetch_add(1, Ordering::SeqCst) == 0,
+                    "{MARKER}: init fails"
+                );
+            },
+            |_: &mut (), b: Bomb| {
+                let kill = b.value == 0;
+                std::mem::forget(b);
+                assert!(!kill, "{MARKER}: handler panics");
+                0u32
+            },
+        )
+        .unwrap();
+    let bomb = |value, explode| Bomb {
+        value,
+        explode,
+        drops: Arc::clone(&drops),
+    };
+    orch.submit(bomb(0, false)).map_err(|_| ()).unwrap();
+    for v in 1..5 {
+        orch.submit(bomb(v, true)).map_err(|_| ()).unwrap();
+    }
+    // The only worker dies and cannot be replaced: the four come back unstarted to a drop.
+    let dropped = within(WAIT, "drop", move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(orch))).is_ok()
+    });
+    assert!(dropped, "a request's Drop escaped drop(orch)");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        4,
+        "each unstarted request dropped once"
+    );
+    assert_no_threads_of("h-dropbomb");
+}
