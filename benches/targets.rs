@@ -1,4 +1,6 @@
-//! The issue's targets, each measured as interleaved pairs against the floor, the metrics cost (issue 3) the same way, and allocations per job for every implementation.
+//! The performance targets, each measured as interleaved pairs against the floor (raw
+//! crossbeam channels), the metrics cost the same way, 1 µs jobs against rayon and
+//! `threadpool`, and allocations per job for every implementation.
 //!
 //! On a small, shared machine the load changes faster than criterion moves from one bench to
 //! the next, so a ratio of two criterion means can be off by 2x. Here both sides of a
@@ -233,10 +235,10 @@ fn main() {
     let fifty = Workload::spin(50);
     for &w in &workers {
         for (imp, target) in [
-            (Impl::OrchShared, 0.80),
-            (Impl::OrchSharedMetrics, 0.72),
-            (Impl::OrchRr, 0.80),
-            (Impl::OrchRrMetrics, 0.72),
+            (Impl::OrchShared, 0.85),
+            (Impl::OrchSharedMetrics, 0.75),
+            (Impl::OrchRr, 0.85),
+            (Impl::OrchRrMetrics, 0.75),
         ] {
             let p = paired_stream(imp, w, empty, rounds);
             println!(
@@ -246,6 +248,32 @@ fn main() {
                 p.floor_ns,
                 p.ratio,
                 verdict(p.ratio >= target),
+                p.allocs_per_job
+            );
+        }
+        // 1 µs jobs: this crate (default settings) against rayon and threadpool, each paired
+        // with the floor in its own rounds; the target is to be ahead of both.
+        let spin1 = Workload::spin(1);
+        let ours = paired_stream(Impl::OrchSharedMetrics, w, spin1, rounds);
+        let rayon = paired_stream(Impl::Rayon, w, spin1, rounds);
+        let threadpool = paired_stream(Impl::Threadpool, w, spin1, rounds);
+        for (imp, p) in [
+            (Impl::OrchSharedMetrics, &ours),
+            (Impl::Rayon, &rayon),
+            (Impl::Threadpool, &threadpool),
+        ] {
+            let target = if imp == Impl::OrchSharedMetrics {
+                let ahead = ours.ratio > rayon.ratio && ours.ratio > threadpool.ratio;
+                format!("ahead of rayon and threadpool {}", verdict(ahead))
+            } else {
+                "(peer)".to_owned()
+            };
+            println!(
+                "| {w} | 1us | {} | {:.0} | {:.0} | {:.3} | {target} | {:.4} |",
+                imp.name(),
+                p.imp_ns,
+                p.floor_ns,
+                p.ratio,
                 p.allocs_per_job
             );
         }
@@ -269,30 +297,35 @@ fn main() {
     );
     println!("|---:|---|---:|---:|---:|---|---|---|---:|");
     for &w in &workers {
-        for imp in [Impl::OrchShared, Impl::OrchSharedMetrics, Impl::OrchRr] {
+        for (imp, target) in [
+            (Impl::OrchShared, 1.3),
+            (Impl::OrchSharedMetrics, 1.4),
+            (Impl::OrchRr, 1.3),
+        ] {
             let (p, [a50, a99, b50, b99]) = paired_call(imp, w, rounds);
             println!(
-                "| {w} | {} | {:.0} | {:.0} | {:.2} | <= 1.50 {} | {a50} / {a99} | {b50} / {b99} | {:.4} |",
+                "| {w} | {} | {:.0} | {:.0} | {:.2} | <= {target:.2} {} | {a50} / {a99} | {b50} / {b99} | {:.4} |",
                 imp.name(),
                 p.imp_ns,
                 p.floor_ns,
                 p.ratio,
-                verdict(p.ratio <= 1.5),
+                verdict(p.ratio <= target),
                 p.allocs_per_job
             );
         }
     }
 
     println!(
-        "\n## Metrics cost (issue 3): empty jobs, 20 ms metrics interval, A against B in alternating rounds\n"
+        "\n## Metrics cost: empty jobs, 20 ms metrics interval, A against B in alternating rounds\n"
     );
     println!("| workers | A | B | A ns/job | B ns/job | A throughput / B | target |");
     println!("|---:|---|---|---:|---:|---:|---|");
     for &w in &workers {
         for (a, b, target) in [
-            (MetricsVariant::OneSubscriber, MetricsVariant::Off, 0.90),
-            (MetricsVariant::On, MetricsVariant::Off, 0.90),
+            (MetricsVariant::OneSubscriber, MetricsVariant::Off, 0.95),
+            (MetricsVariant::On, MetricsVariant::Off, 0.95),
             (MetricsVariant::Sampled, MetricsVariant::Off, 0.90),
+            (MetricsVariant::EveryJob, MetricsVariant::Off, 0.0),
             (MetricsVariant::Stalled, MetricsVariant::OneSubscriber, 0.95),
             (MetricsVariant::Hundred, MetricsVariant::OneSubscriber, 0.95),
         ] {

@@ -42,7 +42,7 @@ use crate::error::{
     CallError, CallTimeoutError, JobError, SubmitError, SubmitTimeoutError, TrySubmitError,
 };
 use crate::ids::RequestId;
-use crate::message::{Job, Never, Reply, Route};
+use crate::message::{Job, Never, Reply, Route, Stamp};
 use crate::metrics_thread::Counters;
 use crate::reentry::{self, Blocked, Inline};
 use crate::unwind::drop_quietly;
@@ -97,6 +97,8 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) sampling: Option<Arc<AtomicU64>>,
     /// Idle reply channels for `call`.
     pub(crate) replies: ReplyPool<Req, Resp>,
+    /// The moment the pool's [`Stamp`]s count from.
+    pub(crate) epoch: Instant,
     /// This pool's id, unique in the process: how a worker thread recognises a handler that
     /// calls back into its own pool.
     pub(crate) pool: u64,
@@ -155,6 +157,11 @@ impl<Req, Resp> Handle<Req, Resp> {
             shared: Arc::new(shared),
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// The moment the pool's job stamps count from.
+    pub(crate) fn epoch(&self) -> Instant {
+        self.shared.epoch
     }
 
     /// This pool's process-wide id.
@@ -275,10 +282,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             id,
             req,
             enqueued: match &self.shared.sampling {
-                Some(mask) if id.0 & mask.load(Ordering::Relaxed) == 0 => Some(Instant::now()),
-                _ => None,
+                Some(mask) if id.0 & mask.load(Ordering::Relaxed) == 0 => {
+                    Stamp::new(self.shared.epoch, Some(Instant::now()))
+                }
+                _ => Stamp::NONE,
             },
-            deadline,
+            deadline: Stamp::new(self.shared.epoch, deadline),
             route,
         }
     }

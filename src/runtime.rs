@@ -144,6 +144,7 @@ where
     let (abort_tx, abort_rx) = bounded::<Never>(1);
     let stop = Arc::new(AtomicBool::new(false));
     let pool = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
+    let epoch = Instant::now();
     let blocked = Arc::new(Blocked::new(n));
     let live: Option<Vec<Live>> = cfg
         .metrics
@@ -168,6 +169,7 @@ where
         },
         flush_every: cfg.metrics.then(|| cfg.metrics_interval / 2),
         forward,
+        epoch,
         live: live.clone(),
         init: Arc::new(init),
         handler: Arc::new(handler),
@@ -285,6 +287,7 @@ where
         counters,
         sampling,
         replies: bounded(crate::intake::REPLY_POOL),
+        epoch,
         pool,
         blocked,
     };

@@ -86,6 +86,8 @@ pub(crate) struct Recipe<Req, Resp, I, H> {
     pub(crate) flush_every: Option<Duration>,
     /// Pipeline stages: stream responses are handed to the next stage, not sent.
     pub(crate) forward: Option<Forward<Resp>>,
+    /// The moment the pool's job stamps count from.
+    pub(crate) epoch: Instant,
     /// Each worker slot's live totals, in worker order; `None` with metrics off.
     pub(crate) live: Option<Vec<Live>>,
     pub(crate) init: Arc<I>,
@@ -121,6 +123,7 @@ where
                 links: self.links.clone(),
                 flush_every: self.flush_every,
                 forward: self.forward,
+                epoch: self.epoch,
                 live: self.live.as_ref().map(|l| Arc::clone(&l[i])),
                 waited: Cell::new(false),
                 init: Arc::clone(&self.init),
@@ -149,6 +152,7 @@ struct Worker<Req, Resp, I, H> {
     links: Links<Req, Resp>,
     flush_every: Option<Duration>,
     forward: Option<Forward<Resp>>,
+    epoch: Instant,
     /// This slot's live totals (see [`LiveCounts`](crate::message::LiveCounts)).
     live: Option<Live>,
     /// Set when handing an answer on had to wait: the next job's start is then not the
@@ -267,6 +271,7 @@ where
             links: self.links.clone(),
             flush_every: None,
             forward: self.forward,
+            epoch: self.epoch,
             live: self.live.clone(),
             waited: Cell::new(false),
             init: Arc::clone(&self.init),
@@ -441,6 +446,7 @@ where
             deadline,
             route,
         } = job;
+        let (enqueued, deadline) = (enqueued.get(self.epoch), deadline.get(self.epoch));
         // A clock read only for requests that carry a deadline.
         if deadline.is_some_and(|d| Instant::now() >= d) {
             stats.failed += 1;

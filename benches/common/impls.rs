@@ -450,16 +450,19 @@ pub enum MetricsVariant {
     Hundred,
     /// Metrics on with one job in 16 timed (`.timing_sample(16)`), one reading subscriber.
     Sampled,
+    /// Metrics on with every job timed (`.timing_sample(1)`), one reading subscriber.
+    EveryJob,
 }
 
 impl MetricsVariant {
-    pub const ALL: [MetricsVariant; 6] = [
+    pub const ALL: [MetricsVariant; 7] = [
         MetricsVariant::Off,
         MetricsVariant::On,
         MetricsVariant::OneSubscriber,
         MetricsVariant::Stalled,
         MetricsVariant::Hundred,
         MetricsVariant::Sampled,
+        MetricsVariant::EveryJob,
     ];
 
     pub fn name(self) -> &'static str {
@@ -470,6 +473,7 @@ impl MetricsVariant {
             MetricsVariant::Stalled => "metrics-on-stalled-subscriber",
             MetricsVariant::Hundred => "metrics-on-100-subscribers",
             MetricsVariant::Sampled => "metrics-sampled-16-1-subscriber",
+            MetricsVariant::EveryJob => "metrics-every-job-1-subscriber",
         }
     }
 }
@@ -503,16 +507,18 @@ impl MetricsVariant {
     pub fn stream(self, workers: usize) -> Stream {
         let variant = self;
         let work = Workload::Empty;
-        let (orch, responses) = Orchestrator::builder()
+        let builder = Orchestrator::builder()
             .workers(workers)
             .queue_capacity(CAPACITY)
             .response_capacity(CAPACITY)
-            .metrics(!matches!(variant, MetricsVariant::Off))
-            .timing_sample(if matches!(variant, MetricsVariant::Sampled) {
-                16
-            } else {
-                1
-            })
+            .metrics(!matches!(variant, MetricsVariant::Off));
+        // The default is the adaptive rate; two variants fix it.
+        let builder = match variant {
+            MetricsVariant::Sampled => builder.timing_sample(16),
+            MetricsVariant::EveryJob => builder.timing_sample(1),
+            _ => builder,
+        };
+        let (orch, responses) = builder
             // A short interval, so that the 1.2 s of a bench sees many snapshots.
             .metrics_interval(Duration::from_millis(20))
             .thread_name("bench")
@@ -520,7 +526,7 @@ impl MetricsVariant {
             .expect("build the orchestrator");
         let (readers, stalled) = match variant {
             MetricsVariant::Off | MetricsVariant::On => (Readers(Vec::new()), None),
-            MetricsVariant::OneSubscriber | MetricsVariant::Sampled => {
+            MetricsVariant::OneSubscriber | MetricsVariant::Sampled | MetricsVariant::EveryJob => {
                 (Readers::spawn(vec![orch.subscribe()]), None)
             }
             MetricsVariant::Stalled => (Readers(Vec::new()), Some(orch.subscribe_with_capacity(4))),

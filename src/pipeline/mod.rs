@@ -532,7 +532,7 @@ fn pipeline_job<In: Send + 'static, Out: Send + 'static>(
         worker: WorkerId(0),
     };
     let mut job = handle.job(env, None, Route::Stream);
-    job.req.submitted = job.enqueued;
+    job.req.submitted = job.enqueued.get(handle.epoch());
     job
 }
 
