@@ -46,6 +46,14 @@ impl Stamp {
         }
     }
 
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_raw(raw: u64) -> Stamp {
+        Stamp(raw)
+    }
+
     pub(crate) fn get(self, epoch: Instant) -> Option<Instant> {
         (self != Stamp::NONE).then(|| epoch + std::time::Duration::from_nanos(self.0))
     }
@@ -143,7 +151,7 @@ pub(crate) enum Status<Req> {
 /// loads may see a value a moment old, never one ahead of the truth (a count is stored after
 /// what it counts happened), so snapshots never overshoot. The struct sits on its own cache
 /// line(s) (`CachePadded`): workers never share a line they write.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct LiveCounts {
     /// Jobs taken from a queue (inline jobs included).
     pub(crate) taken: AtomicU64,
@@ -151,6 +159,21 @@ pub(crate) struct LiveCounts {
     pub(crate) failed: AtomicU64,
     /// Calls answered `Cancelled` and requests handed back unstarted by this worker.
     pub(crate) returned: AtomicU64,
+    /// When the timed job it runs now started (a [`Stamp`]); none while idle or running an
+    /// untimed job. For the busy fraction of a long job while it runs.
+    pub(crate) running: AtomicU64,
+}
+
+impl Default for LiveCounts {
+    fn default() -> Self {
+        LiveCounts {
+            taken: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            returned: AtomicU64::new(0),
+            running: AtomicU64::new(Stamp::NONE.raw()),
+        }
+    }
 }
 
 /// The live totals of one worker slot.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError, never, select, tick, unbounded};
 
 use crate::ids::WorkerId;
-use crate::message::{Live, MetricsRequest, StatsDelta, ToMetrics};
+use crate::message::{Live, MetricsRequest, Stamp, StatsDelta, ToMetrics};
 use crate::metrics::{
     Histogram, MetricsEvent, MetricsSnapshot, WorkerEvent, WorkerEventKind, WorkerSnapshot,
     WorkerState,
@@ -88,6 +88,8 @@ pub(crate) struct MetricsConfig {
     pub(crate) sampling: Option<(Arc<AtomicU64>, bool)>,
     /// Each worker slot's live totals; `None` with metrics off.
     pub(crate) live: Option<Vec<Live>>,
+    /// The moment the pool's stamps count from.
+    pub(crate) epoch: Instant,
 }
 
 /// A started metrics thread: its handle, and the sender of user requests (`metrics()`,
@@ -108,6 +110,7 @@ pub(crate) struct MetricsThread {
     /// The adaptive sampling mask this thread sets, with the cost of one clock read.
     sampler: Option<Sampler>,
     live: Option<Vec<Live>>,
+    epoch: Instant,
 }
 
 /// Adapts the timing rate so that clock reads cost about [`CLOCK_BUDGET`] of the workers'
@@ -144,6 +147,9 @@ fn clock_cost() -> f64 {
 }
 
 struct State {
+    /// Whether running jobs' starts come from the live totals (metrics on) rather than
+    /// from the reports.
+    live_running: bool,
     subscribers: Vec<Subscriber>,
     seq: u64,
     workers: Vec<WorkerTotals>,
@@ -181,6 +187,7 @@ impl MetricsThread {
                 })
             }),
             live: cfg.live,
+            epoch: cfg.epoch,
         };
         let thread = thread::Builder::new()
             .name(format!("{name}-metrics"))
@@ -190,6 +197,7 @@ impl MetricsThread {
 
     fn run(self) -> ShutdownSummary {
         let mut st = State {
+            live_running: self.live.is_some(),
             subscribers: Vec::new(),
             seq: 0,
             workers: (0..self.workers)
@@ -231,6 +239,9 @@ impl MetricsThread {
                     Err(_) => control = never(),
                 },
                 recv(ticker) -> _ => {
+                    if let Some(live) = &self.live {
+                        st.sync_running(live, self.epoch);
+                    }
                     st.interval_rates(Instant::now(), self.sampler.as_ref());
                     st.seq += 1;
                     let snap = self.snapshot(&mut st);
@@ -384,7 +395,7 @@ impl State {
         let w = &mut self.workers[worker];
         w.totals.merge(delta);
         if !delta.counts_only {
-            if delta.running_since != w.running_since {
+            if !self.live_running && delta.running_since != w.running_since {
                 w.to_subtract += std::mem::take(&mut w.credited);
                 w.running_since = delta.running_since;
             }
@@ -424,6 +435,18 @@ impl State {
     }
 
     /// Throughput and busy fractions over the interval that ends now.
+    /// Takes each worker's running job from its live totals: a new start means the job
+    /// credited so far has finished (its full time comes with its report).
+    fn sync_running(&mut self, live: &[Live], epoch: Instant) {
+        for (w, l) in self.workers.iter_mut().zip(live) {
+            let running = Stamp::from_raw(l.running.load(Ordering::Relaxed)).get(epoch);
+            if running != w.running_since {
+                w.to_subtract += std::mem::take(&mut w.credited);
+                w.running_since = running;
+            }
+        }
+    }
+
     fn interval_rates(&mut self, now: Instant, sampler: Option<&Sampler>) {
         let secs = now.saturating_duration_since(self.last_tick).as_secs_f64();
         let finished: u64 = self

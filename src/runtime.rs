@@ -230,6 +230,7 @@ where
             .clone()
             .map(|mask| (mask, cfg.timing_sample.is_none())),
         live,
+        epoch,
     };
     match MetricsThread::spawn(&cfg.thread_name, metrics_rx, metrics_cfg) {
         Ok(started) => guard.metrics = Some(started),

@@ -25,7 +25,7 @@ use crate::context::JobContext;
 use crate::error::{CallError, JobError};
 use crate::ids::{RequestId, WorkerId};
 use crate::message::{
-    Job, Live, LiveCounts, Never, Reply, Route, StatsDelta, Status, ToMetrics, bump,
+    Job, Live, LiveCounts, Never, Reply, Route, Stamp, StatsDelta, Status, ToMetrics, bump,
 };
 use crate::reentry::{self, Inline};
 use crate::response::Response;
@@ -476,11 +476,11 @@ where
             queue_time = start.saturating_duration_since(enqueued);
             stats.wait.record(nanos(queue_time));
         }
-        // Report at the start of a job when a report is due, or when the last report said
-        // "idle": so a job that follows an idle spell shows as in flight and busy while it
-        // runs. Idle reports come at most once a period, so this adds at most one more.
+        // Report at the start of a job when a report is due. (Counts, in flight and the
+        // worker's state are live; a timed job's start is published live below, for the
+        // busy fraction: no message per job, also after an idle spell.)
         if let (Some(start), Some(due), Some(period)) = (start, *next_flush, self.flush_every)
-            && (start >= due || !stats.reported_busy)
+            && start >= due
         {
             stats.busy = true;
             stats.running_since = Some(start);
@@ -488,9 +488,16 @@ where
             *next_flush = Some(start + period);
         }
 
+        if let (Some(live), Some(start)) = (&self.live, start) {
+            live.running
+                .store(Stamp::new(self.epoch, Some(start)).raw(), Ordering::Relaxed);
+        }
         let handler = &self.handler;
         let ctx = &*ctx;
         let result = panic::catch_unwind(AssertUnwindSafe(|| handler(state, ctx, req)));
+        if let (Some(live), Some(_)) = (&self.live, start) {
+            live.running.store(Stamp::NONE.raw(), Ordering::Relaxed);
+        }
 
         let mut handler_time = Duration::ZERO;
         if let Some(start) = start {
