@@ -5,8 +5,8 @@ Reads `<criterion dir>/throughput-{W}w-{workload}/{impl}/new/estimates.json` (wr
 `cargo bench --bench throughput`), and `call-{W}w-empty/{impl}/percentiles.json` (written by
 the same bench), and writes:
 
-  - an SVG with one panel per workload: jobs per second (log scale) against worker count,
-    one line per implementation;
+  - an SVG with one panel per worker count: for each implementation a group of bars, one per
+    workload, each its throughput as a ratio to the floor's (1.0 = raw crossbeam channels);
   - on stdout, Markdown tables: ns/job and the ratio to the floor per scenario, and the
     call() round trips.
 
@@ -19,6 +19,7 @@ usage: scripts/plot.py [CRITERION_DIR] [-o OUT.svg]
 """
 
 import json
+import math
 import os
 import re
 import sys
@@ -116,83 +117,85 @@ def tables(data, pct):
     return "\n".join(out)
 
 
-def svg(data):
-    import math
+WORKLOAD_COLOURS = {"empty": "#1f77b4", "1us": "#2ca02c", "50us": "#ff7f0e", "analysis": "#9467bd"}
 
+
+def svg(data):
+    """One panel per worker count; in each, one group of bars per implementation, one bar per
+    workload: its throughput as a ratio to the floor's (1.0 = raw crossbeam channels)."""
     workers_all = sorted({w for (k, w, _) in data if k == "throughput"})
-    panels = [wl for wl in WORKLOADS if any(("throughput", w, wl) in data for w in workers_all)]
-    if not panels or not workers_all:
+    if not workers_all:
         sys.exit("no throughput results found")
-    pw, ph, ml, mr, mt, mb = 330, 260, 62, 12, 34, 40
-    legend_h = 22 * ((len(IMPLS) + 3) // 4) + 30
-    width = pw * len(panels)
-    height = ph + legend_h + 40
+    impls = [i for i in IMPLS if i[0] != "floor"]
+    loads = [wl for wl in WORKLOADS if any(("throughput", w, wl) in data for w in workers_all)]
+
+    def ratio(w, wl, imp):
+        row = data.get(("throughput", w, wl), {})
+        if imp in row and "floor" in row and row[imp] > 0:
+            return row["floor"] / row[imp]
+        return None
+
+    top = max(
+        [1.2]
+        + [r for w in workers_all for wl in loads for imp, *_ in impls if (r := ratio(w, wl, imp))]
+    )
+    top = math.ceil(top * 5) / 5
+    gw = 14 * len(loads) + 16  # group width
+    pw = gw * len(impls) + 70
+    ph, mt, mb = 300, 40, 118
+    width = pw * len(workers_all)
+    height = mt + ph + mb
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">'
-        "Streaming throughput against workers (jobs/s, log scale; criterion medians)</text>",
+        "Throughput as a ratio to the floor (raw crossbeam channels = 1.0; criterion medians)</text>",
     ]
-    xs = {w: i for i, w in enumerate(workers_all)}
-    for p, wl in enumerate(panels):
-        x0 = p * pw + ml
-        y0 = 30 + mt
-        iw, ih = pw - ml - mr, ph - mt - mb
-        vals = [
-            1e9 / ns
-            for w in workers_all
-            for ns in data.get(("throughput", w, wl), {}).values()
-            if ns > 0
-        ]
-        lo = 10 ** math.floor(math.log10(min(vals)))
-        hi = 10 ** math.ceil(math.log10(max(vals)))
-        if hi / lo < 100:
-            hi = lo * 100
+    for p, w in enumerate(workers_all):
+        x0, y0 = p * pw + 50, mt
+        iw, ih = pw - 60, ph - 30
 
         def ypos(v):
-            return y0 + ih - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * ih
+            return y0 + ih - v / top * ih
 
-        def xpos(w):
-            n = len(workers_all)
-            return x0 + (iw / 2 if n == 1 else xs[w] / (n - 1) * iw)
-
-        parts.append(f'<text x="{x0 + iw / 2}" y="{y0 - 10}" text-anchor="middle" font-size="13">{escape(wl)}</text>')
-        parts.append(f'<rect x="{x0}" y="{y0}" width="{iw}" height="{ih}" fill="none" stroke="#999"/>')
-        d = lo
-        while d <= hi * 1.0001:
-            y = ypos(d)
-            parts.append(f'<line x1="{x0}" x2="{x0 + iw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e5e5"/>')
-            label = f"{d / 1e6:g}M" if d >= 1e6 else (f"{d / 1e3:g}k" if d >= 1e3 else f"{d:g}")
-            parts.append(f'<text x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
-            d *= 10
-        for w in workers_all:
-            parts.append(f'<text x="{xpos(w):.1f}" y="{y0 + ih + 15}" text-anchor="middle">{w}</text>')
-        parts.append(f'<text x="{x0 + iw / 2}" y="{y0 + ih + 30}" text-anchor="middle">workers</text>')
-        for imp, _, colour, dashed in IMPLS:
-            pts = [
-                (xpos(w), ypos(1e9 / data[("throughput", w, wl)][imp]))
-                for w in workers_all
-                if imp in data.get(("throughput", w, wl), {})
-            ]
-            if not pts:
-                continue
-            dash = ' stroke-dasharray="5,3"' if dashed else ""
-            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.8"{dash}/>')
-            for x, y in pts:
-                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"/>')
-    ly = 30 + ph + 10
-    for i, (imp, label, colour, dashed) in enumerate(IMPLS):
-        lx = 20 + (i % 4) * (width / 4)
-        y = ly + (i // 4) * 22
-        dash = ' stroke-dasharray="5,3"' if dashed else ""
-        parts.append(f'<line x1="{lx}" x2="{lx + 30}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"{dash}/>')
-        parts.append(f'<text x="{lx + 38}" y="{y + 4}">{escape(label)}</text>')
+        parts.append(
+            f'<text x="{x0 + iw / 2}" y="{y0 - 6}" text-anchor="middle" font-size="13">'
+            f"{w} worker{'s' if w > 1 else ''}</text>"
+        )
+        t = 0.0
+        while t <= top + 1e-9:
+            y = ypos(t)
+            stroke = "#000" if abs(t - 1.0) < 1e-9 else "#e5e5e5"
+            parts.append(f'<line x1="{x0}" x2="{x0 + iw}" y1="{y:.1f}" y2="{y:.1f}" stroke="{stroke}"/>')
+            parts.append(f'<text x="{x0 - 5}" y="{y + 4:.1f}" text-anchor="end">{t:.1f}</text>')
+            t += 0.2
+        for g, (imp, label, _, _) in enumerate(impls):
+            gx = x0 + 8 + g * gw
+            for j, wl in enumerate(loads):
+                r = ratio(w, wl, imp)
+                if r is None:
+                    continue
+                x = gx + j * 14
+                y = ypos(min(r, top))
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y:.1f}" width="12" height="{ypos(0) - y:.1f}" '
+                    f'fill="{WORKLOAD_COLOURS.get(wl, "#777")}"><title>{escape(label)}, {wl}: '
+                    f"{r:.2f}x</title></rect>"
+                )
+            cx = gx + 7 * len(loads)
+            parts.append(
+                f'<text transform="translate({cx:.1f},{ypos(0) + 8:.1f}) rotate(40)" '
+                f'font-size="10">{escape(label)}</text>'
+            )
+    for j, wl in enumerate(loads):
+        lx = 20 + j * 120
+        parts.append(f'<rect x="{lx}" y="{height - 22}" width="12" height="12" fill="{WORKLOAD_COLOURS.get(wl, "#777")}"/>')
+        parts.append(f'<text x="{lx + 16}" y="{height - 12}">{escape(wl)} jobs</text>')
     cores = os.cpu_count()
     parts.append(
-        f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle" fill="#555">'
-        f"measured on {cores} CPUs; one producer thread, one consumer, bounded queues of 1024</text>"
+        f'<text x="{width - 10}" y="{height - 12}" text-anchor="end" fill="#555">'
+        f"{cores} CPUs; one producer, one consumer, bounded queues of 1024</text>"
     )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
