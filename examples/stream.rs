@@ -6,7 +6,10 @@ use std::time::Instant;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let jobs: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
+    let jobs: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5_000_000);
     let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     let (orch, responses) = Orchestrator::builder()
         .workers(workers)
