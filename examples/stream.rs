@@ -1,7 +1,9 @@
 //! Streams empty jobs through a pool with default settings, for profiling the hot path:
-//! `cargo run --release --example stream -- [jobs] [workers]`, e.g. under `perf record -g`.
+//! `cargo run --release --example stream -- [jobs] [workers] [call]`, e.g. under
+//! `perf record -g`; with `call`, one `call()` at a time instead of a stream.
 
-use channel_orchestrator::Orchestrator;
+use channel_orchestrator::crossbeam_channel::Receiver;
+use channel_orchestrator::{Orchestrator, Response};
 use std::time::Instant;
 
 fn main() {
@@ -11,6 +13,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(5_000_000);
     let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
+    let calls = args.next().is_some_and(|a| a == "call");
     let (orch, responses) = Orchestrator::builder()
         .workers(workers)
         .queue_capacity(1024)
@@ -18,6 +21,29 @@ fn main() {
         .build(|x: u64| x)
         .expect("build");
     let start = Instant::now();
+    if calls {
+        let mut sum = 0u64;
+        for i in 0..jobs {
+            sum = sum.wrapping_add(orch.call(i).expect("an answer"));
+        }
+        std::hint::black_box(sum);
+    } else {
+        stream(&orch, &responses, jobs);
+    }
+    let elapsed = start.elapsed();
+    let m = orch.metrics();
+    println!(
+        "{jobs} {}, {workers} workers: {:.0} ns each; {} timed (latency p50 {:?})",
+        if calls { "calls" } else { "jobs" },
+        elapsed.as_nanos() as f64 / jobs as f64,
+        m.latency.count,
+        m.latency.p50
+    );
+    orch.shutdown();
+}
+
+/// One producer thread submits, this thread receives.
+fn stream(orch: &Orchestrator<u64, u64>, responses: &Receiver<Response<u64>>, jobs: u64) {
     std::thread::scope(|s| {
         s.spawn(|| {
             for i in 0..jobs {
@@ -30,13 +56,4 @@ fn main() {
         }
         std::hint::black_box(sum);
     });
-    let elapsed = start.elapsed();
-    let m = orch.metrics();
-    println!(
-        "{jobs} jobs, {workers} workers: {:.0} ns/job; {} timed (latency p50 {:?})",
-        elapsed.as_nanos() as f64 / jobs as f64,
-        m.latency.count,
-        m.latency.p50
-    );
-    orch.shutdown();
 }
