@@ -904,3 +904,43 @@ fn dropping_an_orchestrator_with_unstarted_requests_whose_drop_panics_does_not_p
     );
     assert_no_threads_of("h-dropbomb");
 }
+
+#[test]
+fn a_queue_capacity_smaller_than_the_worker_count_still_works_for_every_distribution() {
+    // Per-worker queues split the capacity: some get none (a rendezvous queue).
+    for round in 0..3 {
+        let builder = Orchestrator::builder()
+            .workers(4)
+            .queue_capacity(1)
+            .thread_name(format!("h-tiny{round}"));
+        let builder = match round {
+            0 => builder.distribution(Distribution::Shared),
+            1 => builder.distribution(Distribution::RoundRobin),
+            _ => builder.distribution(Distribution::by_key(|x: &u64| *x % 7)),
+        };
+        let (orch, responses) = builder
+            .build(|x: u64| {
+                thread::sleep(Duration::from_micros(50));
+                x
+            })
+            .unwrap();
+        let sum: u64 = within(WAIT, "process", {
+            let sub = orch.submitter();
+            move || (0..200u64).map(|x| sub.call(x).unwrap()).sum()
+        });
+        assert_eq!(sum, (0..200).sum::<u64>());
+        let streamed: u64 = orch.process(0..300u64).map(|r| r.outcome.unwrap()).sum();
+        assert_eq!(streamed, (0..300).sum::<u64>());
+        for x in 0..50 {
+            orch.submit(x).unwrap();
+        }
+        let report = within(WAIT, "shutdown_now", move || orch.shutdown_now());
+        let answered = drain_after_shutdown(&responses).len() as u64;
+        assert_eq!(
+            answered + report.unstarted.len() as u64,
+            50,
+            "round {round}"
+        );
+        assert_no_threads_of(&format!("h-tiny{round}"));
+    }
+}

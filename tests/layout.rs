@@ -18,7 +18,7 @@ const BOTTOM: [(&str, &[&str]); 8] = [
 ];
 
 /// The largest source file, in lines.
-const MAX_LINES: usize = 700;
+const MAX_LINES: usize = 620;
 
 /// Every file under `src/`.
 fn source_files() -> Vec<PathBuf> {
