@@ -204,9 +204,10 @@ impl<Req, Resp> Builder<Req, Resp> {
     /// rate instead of the default adaptive one. `timing_sample(1)` times every job.
     ///
     /// Timing costs three clock reads per timed job (one at submit, two in the worker).
-    /// **By default the rate adapts**: every metrics interval, the metrics thread sets `n` from
-    /// how many jobs finished, so that clock reads cost about 1% of the workers' time — every
-    /// job is timed while the workers finish fewer than about 130,000 jobs a second each
+    /// **By default the rate adapts**: every metrics interval (every 10 ms in the first 100 ms
+    /// after `build`), the metrics thread sets `n` from how many jobs finished, so that clock
+    /// reads cost about 1% of the workers' time — every job is timed while the workers
+    /// finish fewer than about 130,000 jobs a second each
     /// (jobs of 8 µs and longer, or an idle pool), one in 8 at about 1 µs a job, one in 64 or
     /// so for empty jobs (with a ~25 ns clock), never fewer than one in
     /// [`MAX_TIMING_SAMPLE`]. Counts stay exact either way (they are

@@ -123,11 +123,17 @@ struct Sampler {
     clock_ns: f64,
 }
 
+/// How often the timing rate adapts (or every metrics interval, if that is shorter).
+const SAMPLER_PERIOD: Duration = Duration::from_millis(10);
+
 /// The share of the workers' time that clock reads may cost.
 const CLOCK_BUDGET: f64 = 0.01;
 
 impl Sampler {
     fn adapt(&self, jobs: u64, workers: usize, secs: f64) {
+        if secs <= 0.0 {
+            return;
+        }
         let available_ns = CLOCK_BUDGET * workers.max(1) as f64 * secs * 1e9;
         let n = (3.0 * self.clock_ns * jobs as f64 / available_ns.max(1.0)).ceil();
         let n = (n.clamp(1.0, MAX_TIMING_SAMPLE as f64) as u64).next_power_of_two();
@@ -216,6 +222,14 @@ impl MetricsThread {
             throughput: 0.0,
         };
         let ticker = tick(self.interval);
+        // The timing rate adapts on its own clock: every 10 ms for the first 100 ms (so a new
+        // pool times every job only for its first few milliseconds), then every interval. It
+        // needs the live counts (metrics on).
+        let mut sampling = match (&self.sampler, &self.live) {
+            (Some(_), Some(_)) => tick(self.interval.min(SAMPLER_PERIOD)),
+            _ => never(),
+        };
+        let (mut sampled, mut early_ticks) = ((Instant::now(), 0u64), 0u32);
         let mut control = self.control.clone();
         loop {
             select! {
@@ -238,11 +252,30 @@ impl MetricsThread {
                     }
                     Err(_) => control = never(),
                 },
+                recv(sampling) -> _ => {
+                    if let (Some(sampler), Some(live)) = (&self.sampler, &self.live) {
+                        let now = Instant::now();
+                        let finished: u64 = live
+                            .iter()
+                            .map(|l| {
+                                l.completed.load(Ordering::Relaxed)
+                                    + l.failed.load(Ordering::Relaxed)
+                            })
+                            .sum();
+                        let secs = now.saturating_duration_since(sampled.0).as_secs_f64();
+                        sampler.adapt(finished.saturating_sub(sampled.1), live.len(), secs);
+                        sampled = (now, finished);
+                        early_ticks += 1;
+                        if early_ticks == 10 {
+                            sampling = tick(self.interval);
+                        }
+                    }
+                }
                 recv(ticker) -> _ => {
                     if let Some(live) = &self.live {
                         st.sync_running(live, self.epoch);
                     }
-                    st.interval_rates(Instant::now(), self.sampler.as_ref());
+                    st.interval_rates(Instant::now());
                     st.seq += 1;
                     let snap = self.snapshot(&mut st);
                     st.broadcast(MetricsEvent::Snapshot(snap));
@@ -447,7 +480,7 @@ impl State {
         }
     }
 
-    fn interval_rates(&mut self, now: Instant, sampler: Option<&Sampler>) {
+    fn interval_rates(&mut self, now: Instant) {
         let secs = now.saturating_duration_since(self.last_tick).as_secs_f64();
         let finished: u64 = self
             .workers
@@ -483,12 +516,6 @@ impl State {
                 w.timed_base = timed_count;
                 w.jobs_base = jobs;
             }
-        }
-        if let Some(sampler) = sampler
-            && secs > 0.0
-        {
-            let workers = self.workers.len();
-            sampler.adapt(finished - self.finished_at_tick, workers, secs);
         }
         self.finished_at_tick = finished;
         self.last_tick = now;
