@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use channel_orchestrator::crossbeam_channel::{bounded, unbounded};
 use channel_orchestrator::{
-    CallError, Distribution, JobError, MAX_QUEUE_CAPACITY, MAX_WORKERS, MetricsEvent, Orchestrator,
-    Pipeline, Submitter, WorkerEventKind, WorkerState,
+    CallError, CallTimeoutError, Distribution, JobError, MAX_QUEUE_CAPACITY, MAX_WORKERS,
+    MetricsEvent, Orchestrator, Pipeline, Submitter, WorkerEventKind, WorkerState,
 };
 use common::{
     Gate, MARKER, PROMPT, WAIT, assert_no_threads_of, drain_after_shutdown, eventually,
@@ -943,4 +943,100 @@ fn a_queue_capacity_smaller_than_the_worker_count_still_works_for_every_distribu
         );
         assert_no_threads_of(&format!("h-tiny{round}"));
     }
+}
+
+// ---- the new surfaces under the same scrutiny -------------------------------------------
+
+#[test]
+fn a_timed_call_into_its_own_busy_pool_expires_instead_of_hanging_and_is_counted() {
+    let me: SelfRef<u64, u64> = Arc::default();
+    let inner = Arc::clone(&me);
+    let (orch, responses) = Orchestrator::builder()
+        .workers(1)
+        .thread_name("h-selftimed")
+        .build(move |x: u64| {
+            if x == 1 {
+                // The only worker waits on its own queue: only the timeout can end it.
+                match inner
+                    .get()
+                    .unwrap()
+                    .call_timeout(2, Duration::from_millis(30))
+                {
+                    Err(CallTimeoutError::Expired) => 100,
+                    other => panic!("expected Expired, got {other:?}"),
+                }
+            } else {
+                x
+            }
+        })
+        .unwrap();
+    me.set(orch.submitter()).unwrap();
+    orch.submit(1).unwrap();
+    let r = responses.recv_timeout(WAIT).unwrap();
+    assert_eq!(r.outcome, Ok(100));
+    let report = within(WAIT, "shutdown", move || orch.shutdown());
+    // The nested request was taken after its deadline: not run, failed, its answer undelivered.
+    assert_eq!(
+        (report.submitted, report.completed, report.failed),
+        (2, 1, 1)
+    );
+    assert_eq!(report.undelivered, 1);
+    assert_no_threads_of("h-selftimed");
+}
+
+#[test]
+fn a_pipeline_submitter_after_shutdown_gets_its_request_back() {
+    let (p, _responses) = Pipeline::builder()
+        .thread_name("h-psub")
+        .stage(1, |x: u64| x + 1)
+        .build()
+        .unwrap();
+    let sub = p.submitter();
+    assert_eq!(sub.call(1), Ok(2));
+    p.shutdown();
+    assert!(matches!(
+        sub.submit(5),
+        Err(channel_orchestrator::SubmitError::ShutDown(5))
+    ));
+    assert!(matches!(sub.call(6), Err(CallError::ShutDown(6))));
+    assert!(matches!(
+        sub.call_timeout(7, WAIT),
+        Err(CallTimeoutError::ShutDown(7))
+    ));
+    assert_no_threads_of("h-psub");
+}
+
+#[test]
+fn dropping_a_pipeline_inside_its_own_stage_returns_and_the_pipeline_winds_down() {
+    let (slot, inner) = bounded::<Pipeline<u64, u64>>(1);
+    let (dropped_tx, dropped) = bounded(1);
+    let (p, responses) = Pipeline::builder()
+        .thread_name("h-pself")
+        .stage(1, move |x: u64| {
+            if x == 0 {
+                drop(inner.try_recv().unwrap()); // must not wait for this very stage
+                dropped_tx.send(()).unwrap();
+            }
+            x
+        })
+        .stage(1, |x: u64| x * 2)
+        .build()
+        .unwrap();
+    let sub = p.submitter();
+    for x in 1..10 {
+        p.submit(x).unwrap();
+    }
+    slot.send(p).unwrap();
+    sub.submit(0).unwrap();
+    dropped.recv_timeout(WAIT).expect("the drop returned");
+    let answered = within(WAIT, "the pipeline winds down", move || {
+        responses.iter().count()
+    });
+    assert_eq!(answered, 10, "every accepted request answered");
+    assert_no_threads_of("h-pself");
+    eventually("the teardown thread ends", || {
+        common::thread_names()
+            .iter()
+            .all(|n| n != "pipeline-teardo")
+    });
 }
