@@ -247,7 +247,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     }
 
     fn with_intake<T>(&self, f: impl FnOnce(Option<&Intake<Req, Resp>>) -> T) -> T {
-        f(self.running.as_ref().map(Running::intake))
+        f(self.running.is_some().then(|| self.handle.intake()))
     }
 
     submitting_methods!(with_intake);
@@ -324,7 +324,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         make: MakeJob<Req, Resp, I::Item, Out>,
     ) -> Feeder<'_, Req, Resp, Out, I> {
         let window = self.queue_capacity + self.workers;
-        Feeder::new(&self.handle, self.running().intake(), window, inputs, make)
+        let _running = self.running(); // panics if used after shutdown, which takes `self`
+        Feeder::new(&self.handle, self.handle.intake(), window, inputs, make)
     }
 
     /// An owned, cloneable handle with the same submitting methods.
@@ -499,8 +500,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Submitter<Req, Resp> {
     }
 
     fn with_intake<T>(&self, f: impl FnOnce(Option<&Intake<Req, Resp>>) -> T) -> T {
-        let intake = self.handle.upgrade();
-        f(intake.as_deref())
+        self.handle.submitting(f)
     }
 
     submitting_methods!(with_intake);

@@ -8,8 +8,8 @@
 //!
 //! 1. `shutdown_now` (or a deadline already due) sets the stop flag: nothing starts from now;
 //! 2. the `closing` flag is set and `closed` disconnects: blocked submits return `ShutDown`;
-//! 3. the orchestrator's strong `Arc<Intake>` drops: the queues close once in-progress submits
-//!    return, and workers leave when their queues are empty and disconnected;
+//! 3. the supervisor waits until no submitter handle is in a submit (see `intake`), then
+//!    disconnects the workers' `intake_closed` signal: each leaves once its queues are empty;
 //! 4. the supervisor gets the command (it hands back what is queued at once for
 //!    `shutdown_now` or at the deadline), joins every worker, drains what is left and sends
 //!    the metrics thread `Finish`;
@@ -70,7 +70,7 @@ static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
 
 /// The threads and channels of a running pool; taken by the first shutdown.
 pub(crate) struct Running<Req, Resp> {
-    intake: Arc<Intake<Req, Resp>>,
+    _resp: std::marker::PhantomData<fn() -> Resp>,
     /// Dropped when a shutdown starts: wakes submits blocked on a full queue.
     closed: Sender<Never>,
     stop: Arc<AtomicBool>,
@@ -142,6 +142,11 @@ where
     // Capacity 1, not 0: nothing is ever sent, and a zero-capacity receiver allocates each
     // time it is registered in a select (crossbeam's zero flavor boxes a packet).
     let (abort_tx, abort_rx) = bounded::<Never>(1);
+    // Disconnected by the supervisor once nothing more can arrive: workers then leave when
+    // their queues are empty. Capacity 1: see `abort`.
+    let (intake_closed_tx, intake_closed_rx) = bounded::<Never>(1);
+    // Each submitter handle's liveness counter, registered with the supervisor.
+    let (register_tx, register_rx) = unbounded();
     let stop = Arc::new(AtomicBool::new(false));
     let pool = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
     let epoch = Instant::now();
@@ -166,6 +171,7 @@ where
             metrics: metrics_tx.clone(),
             stop: Arc::clone(&stop),
             abort: abort_rx,
+            intake_closed: intake_closed_rx,
         },
         flush_every: cfg.metrics.then(|| cfg.metrics_interval / 2),
         forward,
@@ -247,6 +253,8 @@ where
         stop: Arc::clone(&stop),
         abort: abort_tx,
         blocked: Arc::clone(&blocked),
+        register: register_rx,
+        intake_closed: intake_closed_tx,
     };
     let spawner = guard
         .spawner
@@ -266,10 +274,10 @@ where
     } = sup;
 
     // Everything started: defuse the guard. The supervisor owns the workers from here.
-    let intake = Arc::new(Intake {
+    let intake = Intake {
         queues: guard.senders.take().expect("held until now"),
         key,
-    });
+    };
     let _ = handles.send(std::mem::take(&mut guard.workers));
     drop(guard.metrics_tx.take());
     let metrics_thread::Started {
@@ -281,7 +289,8 @@ where
     // Capacity 1, not 0: see `abort` above.
     let (closed_tx, closed_rx) = bounded(1);
     let shared = Shared {
-        intake: Arc::downgrade(&intake),
+        intake,
+        register: register_tx,
         closed: closed_rx,
         closing: AtomicBool::new(false),
         next_id: AtomicU64::new(0),
@@ -293,7 +302,7 @@ where
         blocked,
     };
     let running = Running {
-        intake,
+        _resp: std::marker::PhantomData,
         closed: closed_tx,
         stop,
         supervisor,
@@ -317,11 +326,6 @@ pub const MAX_SUBSCRIBER_CAPACITY: usize = 1 << 20;
 pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 64;
 
 impl<Req, Resp> Running<Req, Resp> {
-    /// The open intake.
-    pub(crate) fn intake(&self) -> &Intake<Req, Resp> {
-        &self.intake
-    }
-
     /// The current metrics, asked of the metrics thread (a round trip over a channel).
     pub(crate) fn metrics(&self) -> MetricsSnapshot {
         let (reply, rx) = bounded(1);
@@ -354,7 +358,7 @@ impl<Req, Resp> Running<Req, Resp> {
     ) -> Option<ShutdownReport<Req>> {
         let started = Instant::now();
         let Running {
-            intake,
+            _resp,
             closed,
             stop,
             supervisor,
@@ -373,7 +377,6 @@ impl<Req, Resp> Running<Req, Resp> {
         }
         handle.close();
         drop(closed); // wakes submits blocked on a full queue
-        drop(intake); // the queues close once in-progress submits return
         let _ = supervisor_ctl.send(mode);
         if crate::reentry::is_worker_of(handle.pool()) {
             // Detached: the supervisor and the metrics thread end once the workers do.

@@ -4,19 +4,23 @@
 //! `shutdown_now`, and tells the metrics thread when everything is over.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, after, bounded, never, select};
+use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick};
 
 use crate::ids::RequestId;
+use crate::intake::Liveness;
 use crate::message::{Job, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::WorkerEventKind;
 use crate::reentry::Blocked;
 use crate::unwind::{drop_quietly, panic_message};
 use crate::worker::SpawnWorker;
+
+/// How often a shutdown checks whether the submits in progress are done.
+const QUIESCE_POLL: Duration = Duration::from_micros(200);
 
 /// Backoff before replacing a thread that died: doubles per consecutive death of the same
 /// worker, so an `init` that always panics cannot spin the machine.
@@ -60,6 +64,10 @@ pub(crate) struct SupervisorLinks<Req, Resp> {
     pub(crate) abort: Sender<Never>,
     /// Which workers wait on the pool itself; the supervisor keeps its `alive` count.
     pub(crate) blocked: Arc<Blocked>,
+    /// Submitter handles' liveness counters, registered as the handles are made.
+    pub(crate) register: Receiver<Weak<Liveness>>,
+    /// Disconnected once no request can arrive any more (see `intake`).
+    pub(crate) intake_closed: Sender<Never>,
 }
 
 /// A started supervisor: its thread, the channel for the one shutdown command, and the
@@ -79,6 +87,11 @@ pub(crate) struct Supervisor<Req, Resp> {
     stop: Arc<AtomicBool>,
     abort: Option<Sender<Never>>,
     blocked: Arc<Blocked>,
+    register: Receiver<Weak<Liveness>>,
+    /// The submitter handles still alive (dead ones are pruned as registrations come in).
+    handles: Vec<Weak<Liveness>>,
+    /// Dropped (the workers' signal) once the shutdown started and no submit is in progress.
+    intake_closed: Option<Sender<Never>>,
     /// Whether the shutdown command arrived.
     shutting_down: bool,
     /// A pipeline stage's deadline: stop starting jobs, but keep delivering responses.
@@ -105,6 +118,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             stop: links.stop,
             abort: Some(links.abort),
             blocked: links.blocked,
+            register: links.register,
+            handles: Vec::new(),
+            intake_closed: Some(links.intake_closed),
             shutting_down: false,
             keep_delivering: false,
         };
@@ -143,6 +159,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         let mut control = self.control.clone();
         let mut deadline = never();
         let mut respawn = never();
+        let mut register = self.register.clone();
+        // While a shutdown waits for submits in progress to finish: a short poll.
+        let mut quiesce = never();
 
         loop {
             if self.shutting_down && slots.iter().all(|s| !s.running && s.respawn_at.is_none()) {
@@ -182,6 +201,19 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                         Shutdown::Drain { deadline: None, .. } => {}
                     }
                     self.rescue(&slots, &mut unstarted, &mut cancelled);
+                    if !self.close_intake_if_quiet() {
+                        quiesce = tick(QUIESCE_POLL);
+                    }
+                }
+                recv(register) -> handle => match handle {
+                    Ok(handle) => self.track(handle),
+                    // Every handle is gone: nothing more to register.
+                    Err(_) => register = never(),
+                },
+                recv(quiesce) -> _ => {
+                    if self.close_intake_if_quiet() {
+                        quiesce = never();
+                    }
                 }
                 recv(deadline) -> _ => {
                     deadline = never();
@@ -201,8 +233,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             self.on_status(msg, &mut slots, &mut unstarted);
         }
         for q in &self.queues {
-            // Blocks only until the last in-progress submit returns: intake is closed.
-            for job in q.iter() {
+            // Intake closed before the workers could leave: nothing more arrives.
+            for job in q.try_iter() {
                 hand_back(job, &mut unstarted, &mut cancelled);
             }
         }
@@ -214,6 +246,37 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             cancelled,
         });
         Outcome { unstarted }
+    }
+
+    /// Keeps a new submitter handle's liveness counter, dropping those of handles that are
+    /// gone (amortized: whenever the list doubled).
+    fn track(&mut self, handle: Weak<Liveness>) {
+        self.handles.push(handle);
+        if self.handles.len().is_power_of_two() {
+            self.handles.retain(|h| h.strong_count() > 0);
+        }
+    }
+
+    /// Once a shutdown started: if no submitter handle is in a submit, disconnect the
+    /// workers' `intake_closed` signal (nothing can arrive any more; see `intake`). Returns
+    /// whether it is done.
+    fn close_intake_if_quiet(&mut self) -> bool {
+        if self.intake_closed.is_none() {
+            return true;
+        }
+        // Handles registered before the shutdown's `closing` store are all here now.
+        while let Ok(handle) = self.register.try_recv() {
+            self.track(handle);
+        }
+        let quiet = self
+            .handles
+            .iter()
+            .filter_map(Weak::upgrade)
+            .all(|busy| busy.load(Ordering::SeqCst) == 0);
+        if quiet {
+            self.intake_closed = None;
+        }
+        quiet
     }
 
     /// During a shutdown, once no replacement will come: if every worker still alive is

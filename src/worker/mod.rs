@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -54,6 +54,9 @@ pub(crate) struct Links<Req, Resp> {
     pub(crate) stop: Arc<AtomicBool>,
     /// Disconnected when a `shutdown_timeout` expires: stop waiting for response space.
     pub(crate) abort: Receiver<Never>,
+    /// Disconnected by the supervisor once no request can arrive any more: leave when the
+    /// queues are empty.
+    pub(crate) intake_closed: Receiver<Never>,
 }
 
 impl<Req, Resp> Clone for Links<Req, Resp> {
@@ -64,6 +67,7 @@ impl<Req, Resp> Clone for Links<Req, Resp> {
             metrics: self.metrics.clone(),
             stop: Arc::clone(&self.stop),
             abort: self.abort.clone(),
+            intake_closed: self.intake_closed.clone(),
         }
     }
 }
@@ -228,10 +232,12 @@ where
         reentry::enter(self.pool, self.id, self.inline_runner());
 
         // Built once and reused for every blocking wait (a `Select` allocates as it is built).
+        // The queues, then (last) the supervisor's signal that nothing more can arrive.
         let mut select = Select::new_biased();
         for q in &self.queues {
             select.recv(q);
         }
+        select.recv(&self.links.intake_closed);
         let mut live = vec![true; self.queues.len()];
         let mut next_flush = self.flush_every.map(|p| Instant::now() + p);
         let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
@@ -337,36 +343,26 @@ where
             return Some((job, false));
         }
         // `Select::select` parks at once, so a submit would have to unpark us on every job
-        // that finds us idle; `Receiver::recv` spins with a backoff first. With several
-        // queues (RoundRobin) we select, so spin here the way `recv` would.
-        if self.queues.len() > 1 {
-            let backoff = Backoff::new();
-            while !backoff.is_completed() {
-                backoff.snooze();
-                if let Some(job) = self.try_take(select, live) {
-                    return Some((job, true));
-                }
+        // that finds us idle; `Receiver::recv` spins with a backoff first. Spin the same way.
+        let backoff = Backoff::new();
+        while !backoff.is_completed() {
+            backoff.snooze();
+            if let Some(job) = self.try_take(select, live) {
+                return Some((job, true));
             }
         }
         // Going idle: block, waking to report counts if some are unreported.
+        let signal = self.queues.len();
         loop {
-            if !live.iter().any(|&l| l) {
-                return None;
+            let closed = matches!(
+                self.links.intake_closed.try_recv(),
+                Err(TryRecvError::Disconnected)
+            );
+            if closed || !live.iter().any(|&l| l) {
+                // Nothing can arrive any more: what is queued is still ours; then leave.
+                return self.try_take(select, live).map(|job| (job, true));
             }
             let deadline = next_flush.filter(|_| stats.owes_report());
-            if self.queues.len() == 1 {
-                let q = &self.queues[0];
-                let got = match deadline {
-                    Some(d) => q.recv_deadline(d),
-                    None => q.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match got {
-                    Ok(job) => return Some((job, true)),
-                    Err(RecvTimeoutError::Disconnected) => return None,
-                    Err(RecvTimeoutError::Timeout) => self.flush_idle(stats, next_flush),
-                }
-                continue;
-            }
             let op = match deadline {
                 Some(d) => match select.select_deadline(d) {
                     Ok(op) => op,
@@ -378,6 +374,10 @@ where
                 None => select.select(),
             };
             let i = op.index();
+            if i == signal {
+                let _ = op.recv(&self.links.intake_closed);
+                continue; // the loop's check sees it closed
+            }
             match op.recv(&self.queues[i]) {
                 Ok(job) => return Some((job, true)),
                 Err(_) => {

@@ -5,18 +5,34 @@
 //! [`Handle::enqueue`] tries the target queue (or every queue, round robin), spins briefly,
 //! then blocks in a `select!` that also watches the `closed` channel.
 //!
-//! # Closing intake without a lock
+//! # Closing intake without a lock, and without a shared write per submit
 //!
-//! The queue senders live in one [`Intake`], behind an `Arc` that only the orchestrator holds
-//! strongly; handles hold a `Weak`. A submit upgrades the `Weak` for the duration of its
-//! send, so the senders — and with them the queues — are dropped exactly when intake is
-//! closed *and* no submit is in progress. Workers drain until their queues report
-//! disconnected, so they see every request that any submit managed to send, and a submit
-//! that finds the `Weak` dead gets its request back. That is the whole race-free close:
-//! `Arc`'s reference count is the only shared counter, and no submit can be both accepted and
-//! refused. A submit blocked on a full queue also watches the `closed` channel, which
-//! disconnects the moment a shutdown starts, so it returns promptly instead of waiting for
-//! space; the `closing` flag makes that refusal final.
+//! The queue senders live in [`Intake`], inside the [`Shared`] part every handle holds, so
+//! the queues stay open while any handle lives: workers do not leave on a disconnect but on
+//! an explicit signal, once nothing can arrive any more. Who may be sending at that moment:
+//!
+//! - the orchestrator's own submits borrow it, and every shutdown takes it by value (or
+//!   runs in its `Drop`): none can be in progress;
+//! - a `Submitter` (each clone has its own [`Handle`]) brackets each submit with its own
+//!   liveness counter, [`Liveness`], registered with the supervisor when the handle is made.
+//!
+//! A submitter's submit: `busy += 1` (`SeqCst`), then reads `closing` (`SeqCst`): if set,
+//! `busy -= 1` and refuse; else send, then `busy -= 1` (`Release`). A shutdown: `closing =
+//! true` (`SeqCst`), then the supervisor reads every registered `busy` until all are zero,
+//! then disconnects the workers' `intake_closed` signal. In the single total order of the
+//! `SeqCst` operations either the submit's read of `closing` comes after the store (it
+//! refuses: nothing sent) or before it — then its `busy += 1` also precedes the supervisor's
+//! reads, which see it non-zero until the send is done and `busy -= 1` released it. So when
+//! the supervisor signals the workers, every accepted request is in a queue, and each worker
+//! leaves only once it has seen the signal *and* found every queue empty. A handle made after
+//! `closing` was set refuses on its first submit; one made before it was registered before
+//! its first submit (the registration is a channel send), so the supervisor sees it.
+//!
+//! The cost per submit is one read-modify-write pair on the submitting handle's own counter
+//! (shared only by threads that share that one `Submitter`), none on the orchestrator's own
+//! path, and a read of `closing`, which is written once. A submit blocked on a full queue
+//! also watches the `closed` channel, which disconnects the moment a shutdown starts, so it
+//! returns promptly; `closing` makes that refusal final.
 //!
 //! # Re-entrancy
 //!
@@ -27,25 +43,23 @@
 //! ([`reentry`](crate::reentry)). So re-entrancy can never exhaust the pool or close a cycle
 //! of workers waiting on each other.
 
-use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TrySendError, bounded, select_biased};
-use crossbeam_utils::Backoff;
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError, select_biased};
+use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::distribution::ByKey;
-use crate::error::{
-    CallError, CallTimeoutError, JobError, SubmitError, SubmitTimeoutError, TrySubmitError,
-};
+use crate::error::{SubmitError, SubmitTimeoutError, TrySubmitError};
 use crate::ids::RequestId;
 use crate::message::{Job, Never, Reply, Route, Stamp};
 use crate::metrics_thread::Counters;
 use crate::reentry::{self, Blocked, Inline};
-use crate::unwind::drop_quietly;
+
+mod calls;
 
 /// Ids a thread takes from its pool's counter at a time.
 const ID_BLOCK: u64 = 256;
@@ -53,10 +67,6 @@ const ID_BLOCK: u64 = 256;
 thread_local! {
     /// This thread's block of request ids: (pool, next, end). Thread-local, never shared.
     static IDS: Cell<(u64, u64, u64)> = const { Cell::new((u64::MAX, 0, 0)) };
-    /// This thread's idle reply channel pair for `call`, for one pool: an
-    /// `Option<ReplyPair<Req, Resp>>` behind `Any` (allocated once per pool switch), so a
-    /// `call` in steady state makes no channel operation to get or return its reply channel.
-    static REPLY: RefCell<Option<(u64, Box<dyn Any>)>> = const { RefCell::new(None) };
 }
 
 /// Reply channels kept for reuse by `call`, so a `call` allocates nothing in steady state.
@@ -65,7 +75,8 @@ pub(crate) const REPLY_POOL: usize = 64;
 type ReplyPair<Req, Resp> = (Sender<Reply<Req, Resp>>, Receiver<Reply<Req, Resp>>);
 type ReplyPool<Req, Resp> = (Sender<ReplyPair<Req, Resp>>, Receiver<ReplyPair<Req, Resp>>);
 
-/// The queue senders; dropped (closing the queues) when the last strong `Arc` goes.
+/// The queue senders. They live as long as some handle does: workers leave on the
+/// supervisor's signal, not on a disconnect (see the module docs).
 pub(crate) struct Intake<Req, Resp> {
     pub(crate) queues: Vec<Sender<Job<Req, Resp>>>,
     /// Per-key distribution: picks the one queue a request may go to.
@@ -74,16 +85,17 @@ pub(crate) struct Intake<Req, Resp> {
 
 /// What every submitting handle shares.
 pub(crate) struct Shared<Req, Resp> {
-    pub(crate) intake: Weak<Intake<Req, Resp>>,
+    pub(crate) intake: Intake<Req, Resp>,
+    /// Registers each submitter handle's liveness counter with the supervisor.
+    pub(crate) register: Sender<Weak<Liveness>>,
     /// Disconnects when a shutdown starts; wakes submits blocked on a full queue.
     pub(crate) closed: Receiver<Never>,
-    /// Set once, with `Release`, when a shutdown starts, before `closed` disconnects; read
-    /// with `Relaxed` by every submit, which then refuses. Without it, producers that keep
-    /// retrying would keep the intake `Arc` upgraded and a graceful shutdown could never
-    /// close the queues. A submit that saw `closed` fire (an acquire through the channel)
-    /// is ordered after the store, so its later loads see `true`: a `ShutDown` is final. The
-    /// flag is never written in steady state, so the per-submit load costs no contention;
-    /// polling `closed` instead would take crossbeam's internal lock on every submit.
+    /// Set once, with `SeqCst`, when a shutdown starts, before `closed` disconnects; read by
+    /// every submit, which then refuses (see the module docs for why `SeqCst`). A submit
+    /// that saw `closed` fire (an acquire through the channel) is ordered after the store,
+    /// so its later loads see `true`: a `ShutDown` is final. The flag is never written in
+    /// steady state, so the per-submit load costs no contention; polling `closed` instead
+    /// would take crossbeam's internal lock on every submit.
     pub(crate) closing: AtomicBool,
     /// The next request id. One `Relaxed` `fetch_add` per accepted submit: ids only need to
     /// be unique, and the queue's own send already touches a line every producer shares.
@@ -129,9 +141,17 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
-/// One submitting handle: the shared part, plus a private round-robin cursor.
+/// How many submits are in progress through one submitter handle (see the module docs).
+/// Padded: only the threads that share this one handle write it.
+pub(crate) type Liveness = CachePadded<AtomicUsize>;
+
+/// One submitting handle: the shared part, plus a private round-robin cursor and, for a
+/// `Submitter`, its own liveness counter.
 pub(crate) struct Handle<Req, Resp> {
     shared: Arc<Shared<Req, Resp>>,
+    /// `None` for the orchestrator's own handle (a shutdown takes the orchestrator, so none
+    /// of its submits can be in progress then).
+    live: Option<Arc<Liveness>>,
     /// Where `RoundRobin` starts its next scan. `Relaxed` `fetch_add`: it only spreads load,
     /// and it is contended only by threads sharing this one handle (each `Submitter` clone
     /// has its own).
@@ -155,6 +175,7 @@ impl<Req, Resp> Handle<Req, Resp> {
     pub(crate) fn new(shared: Shared<Req, Resp>) -> Self {
         Handle {
             shared: Arc::new(shared),
+            live: None,
             cursor: AtomicUsize::new(0),
         }
     }
@@ -169,21 +190,34 @@ impl<Req, Resp> Handle<Req, Resp> {
         self.shared.pool
     }
 
-    /// The intake, if it is still open (held strongly for the duration of one submit).
-    pub(crate) fn upgrade(&self) -> Option<Arc<Intake<Req, Resp>>> {
-        self.shared.intake.upgrade()
+    /// Runs `f` with the intake while it is open (`None` once a shutdown started), counting
+    /// this submitter handle as busy meanwhile (see the module docs).
+    pub(crate) fn submitting<T>(&self, f: impl FnOnce(Option<&Intake<Req, Resp>>) -> T) -> T {
+        let Some(live) = &self.live else {
+            // The orchestrator's own handle: the caller checks it is running.
+            return f(Some(&self.shared.intake));
+        };
+        live.fetch_add(1, Ordering::SeqCst);
+        let open = !self.shared.closing.load(Ordering::SeqCst);
+        let result = f(open.then_some(&self.shared.intake));
+        live.fetch_sub(1, Ordering::Release);
+        result
+    }
+
+    /// The open intake, for the orchestrator's own handle (which needs no bracketing).
+    pub(crate) fn intake(&self) -> &Intake<Req, Resp> {
+        &self.shared.intake
     }
 
     /// Whether intake is closed for good.
     pub(crate) fn is_shut_down(&self) -> bool {
-        self.shared.closing.load(Ordering::Relaxed) || self.shared.intake.strong_count() == 0
+        self.shared.closing.load(Ordering::Relaxed)
     }
 
-    /// Starts refusing every submit, for good (the first step of every shutdown). `Release`:
-    /// a submit that then sees `closed` disconnected (an acquire through the channel) sees
-    /// this store, so its refusal is final.
+    /// Starts refusing every submit, for good (the first step of every shutdown). `SeqCst`:
+    /// see the module docs; a submit that then sees `closed` disconnected also sees it.
     pub(crate) fn close(&self) {
-        self.shared.closing.store(true, Ordering::Release);
+        self.shared.closing.store(true, Ordering::SeqCst);
     }
 
     /// Counts responses that a `process` iterator dropped early discarded.
@@ -199,9 +233,14 @@ impl<Req, Resp> Handle<Req, Resp> {
         self.shared.counters.undelivered.load(Ordering::Relaxed)
     }
 
+    /// A new submitter handle: its own cursor and liveness counter, registered with the
+    /// supervisor before it can submit anything.
     pub(crate) fn fork(&self) -> Self {
+        let live = Arc::new(Liveness::default());
+        let _ = self.shared.register.send(Arc::downgrade(&live));
         Handle {
             shared: Arc::clone(&self.shared),
+            live: Some(live),
             cursor: AtomicUsize::new(0),
         }
     }
@@ -225,50 +264,6 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             ids.set((pool, start + 1, start + ID_BLOCK));
             RequestId(start)
         })
-    }
-
-    /// A reply channel pair for a `call`: this thread's cached one, else one from the pool,
-    /// else a new one.
-    fn reply_pair(&self) -> ReplyPair<Req, Resp> {
-        let pool = self.shared.pool;
-        let cached = REPLY.with(|r| match &mut *r.borrow_mut() {
-            Some((of, slot)) if *of == pool => slot
-                .downcast_mut::<Option<ReplyPair<Req, Resp>>>()
-                .and_then(Option::take),
-            _ => None,
-        });
-        cached
-            .or_else(|| self.shared.replies.1.try_recv().ok())
-            .unwrap_or_else(|| bounded(1))
-    }
-
-    /// Gives a reply channel pair back: to this thread's cache (no channel operation), or,
-    /// if it holds one already, to the pool.
-    fn recycle(&self, pair: ReplyPair<Req, Resp>) {
-        let pool = self.shared.pool;
-        let spare = REPLY.with(|r| {
-            let mut r = r.borrow_mut();
-            if let Some((of, slot)) = &mut *r
-                && *of == pool
-                && let Some(free) = slot.downcast_mut::<Option<ReplyPair<Req, Resp>>>()
-            {
-                return match free {
-                    None => {
-                        *free = Some(pair);
-                        None
-                    }
-                    Some(_) => Some(pair),
-                };
-            }
-            // The cache held another pool's pair (or nothing): it now serves this pool.
-            let old = r.replace((pool, Box::new(Some(pair))));
-            drop(r);
-            drop_quietly(old);
-            None
-        });
-        if let Some(pair) = spare {
-            let _ = self.shared.replies.0.try_send(pair);
-        }
     }
 
     pub(crate) fn job(
@@ -511,95 +506,5 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
                     Refusal::ShutDown => SubmitTimeoutError::ShutDown(job.req),
                 }
             })
-    }
-
-    /// The first half of a `call`: enqueue with a pooled reply channel (or, re-entrant with
-    /// no worker free, run it inline), return the reply's receiver and, for a worker of this
-    /// pool, the guard that counts it as blocked until the answer arrives.
-    pub(crate) fn call_begin(
-        &self,
-        intake: Option<&Intake<Req, Resp>>,
-        req: Req,
-    ) -> Result<Begun<'_, Req, Resp>, CallError<Req>> {
-        let guard = match self.reentry(|| Self::key_queue(intake, &req)) {
-            Reentry::Wait(guard) => guard,
-            Reentry::Inline(inline) => {
-                if intake.is_none() || self.shared.closing.load(Ordering::Relaxed) {
-                    self.rejected();
-                    return Err(CallError::ShutDown(req));
-                }
-                let (tx, rx) = self.reply_pair();
-                inline.run(self.job(req, None, Route::Call(tx)));
-                return Ok((rx, None));
-            }
-        };
-        let (tx, rx) = self.reply_pair();
-        let job = self.job(req, None, Route::Call(tx));
-        let may_inline = guard.is_none();
-        match self.enqueue(intake, job, Wait::Forever, may_inline) {
-            Ok(_) => Ok((rx, guard)),
-            Err((_, job)) => {
-                self.rejected();
-                if let Route::Call(tx) = job.route {
-                    self.recycle((tx, rx));
-                }
-                Err(CallError::ShutDown(job.req))
-            }
-        }
-    }
-
-    /// The second half of a `call`: wait for the one reply, recycle the channel.
-    pub(crate) fn call_wait(&self, rx: Receiver<Reply<Req, Resp>>) -> Result<Resp, CallError<Req>> {
-        match rx.recv() {
-            Ok(Reply { result, back }) => {
-                // Exactly one reply per accepted call, so the channel is empty again.
-                self.recycle((back, rx));
-                result
-            }
-            // The job was dropped unanswered: its worker thread died outside the handler.
-            Err(_) => Err(CallError::Failed(JobError::WorkerDied)),
-        }
-    }
-
-    /// The first half of a `call_timeout`: enqueue with a fresh reply channel and the
-    /// deadline, waiting for space no longer than the deadline.
-    pub(crate) fn call_timed_begin(
-        &self,
-        intake: Option<&Intake<Req, Resp>>,
-        req: Req,
-        deadline: Option<Instant>,
-    ) -> Result<Receiver<Reply<Req, Resp>>, CallTimeoutError<Req>> {
-        // Not pooled: a late answer may still arrive on it after the caller gave up.
-        let (tx, rx) = bounded(1);
-        let job = self.job(req, deadline, Route::Call(tx));
-        let wait = deadline.map_or(Wait::Forever, Wait::Until);
-        match self.enqueue(intake, job, wait, false) {
-            Ok(_) => Ok(rx),
-            Err((why, job)) => {
-                self.rejected();
-                Err(match why {
-                    Refusal::ShutDown => CallTimeoutError::ShutDown(job.req),
-                    Refusal::Full | Refusal::Timeout => CallTimeoutError::Timeout(job.req),
-                })
-            }
-        }
-    }
-
-    /// The second half of a `call_timeout`: the answer, if it comes before the deadline.
-    pub(crate) fn call_timed_wait(
-        &self,
-        rx: Receiver<Reply<Req, Resp>>,
-        deadline: Option<Instant>,
-    ) -> Result<Resp, CallTimeoutError<Req>> {
-        let got = match deadline {
-            Some(at) => rx.recv_deadline(at).map_err(|e| e.is_timeout()),
-            None => rx.recv().map_err(|_| false),
-        };
-        match got {
-            Ok(Reply { result, .. }) => result.map_err(CallTimeoutError::from),
-            // Given up: the worker's answer will find the receiver gone (undelivered).
-            Err(true) => Err(CallTimeoutError::Expired),
-            Err(false) => Err(CallTimeoutError::Failed(JobError::WorkerDied)),
-        }
     }
 }
