@@ -5,7 +5,8 @@
 //!
 //! | channel | senders | receiver | disconnects when |
 //! |---|---|---|---|
-//! | intake (`Job`) | the orchestrator and submitters, through the intake `Arc` | workers (supervisor keeps clones to drain) | the last strong `Arc<Intake>` drops: intake closed and no submit in progress |
+//! | intake (`Job`) | the orchestrator and submitters (every handle shares the senders) | workers (supervisor keeps clones to drain) | the last handle drops; workers do not wait for it: they leave on `intake_closed` |
+//! | intake closed (`Never`) | the supervisor | workers | the shutdown started and no submitter handle is mid-submit |
 //! | responses (`Response`) | workers, supervisor (spare clone for replacements) | the user | every worker and the supervisor exited |
 //! | call reply (`Reply`) | the worker that ran the job (or the supervisor, cancelling) | the waiting `call` | never while pooled: the sender travels back in the reply |
 //! | status (`Status`) | workers | supervisor | the supervisor drops its spare sender after the last worker exited |

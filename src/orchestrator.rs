@@ -2,8 +2,9 @@
 //!
 //! Both hold a [`Handle`] on the intake; the orchestrator also owns the running pool
 //! ([`Running`]). The submitting methods are written once (the `submitting_methods!` macro)
-//! and differ only in how they reach the intake: the orchestrator holds it, a submitter
-//! upgrades a `Weak` for the duration of the submit (see [`intake`](crate::intake)).
+//! and differ only in how they reach the intake: the orchestrator's own submits cannot
+//! overlap a shutdown (it takes the orchestrator), a submitter brackets each submit with its
+//! handle's liveness counter (see [`intake`](crate::intake)).
 
 use std::fmt;
 use std::time::{Duration, Instant};
