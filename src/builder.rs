@@ -8,8 +8,8 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use crate::config::{
-    DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, MAX_METRICS_INTERVAL,
-    MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
+    DEFAULT_KEEP_ALIVE, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
+    MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
 };
 use crate::context::JobContext;
 use crate::distribution::{IntoDistribution, Spread};
@@ -49,6 +49,8 @@ use crate::worker::{Forward, Handoff};
 #[must_use = "a builder does nothing until build() is called"]
 pub struct Builder<Req = (), Resp = ()> {
     workers: Option<usize>,
+    elastic: Option<(usize, usize)>,
+    keep_alive: Option<Duration>,
     queue_capacity: Option<usize>,
     response_capacity: Option<usize>,
     distribution: Spread,
@@ -64,6 +66,8 @@ impl<Req, Resp> Default for Builder<Req, Resp> {
     fn default() -> Self {
         Builder {
             workers: None,
+            elastic: None,
+            keep_alive: None,
             queue_capacity: None,
             response_capacity: None,
             distribution: Spread::default(),
@@ -91,6 +95,8 @@ impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("workers", &self.workers)
+            .field("elastic", &self.elastic)
+            .field("keep_alive", &self.keep_alive)
             .field("queue_capacity", &self.queue_capacity)
             .field("response_capacity", &self.response_capacity)
             .field("distribution", &self.distribution)
@@ -133,6 +139,8 @@ impl<Req, Resp> Builder<Req, Resp> {
     pub(crate) fn retype<R, S>(self) -> Builder<R, S> {
         Builder {
             workers: self.workers,
+            elastic: self.elastic,
+            keep_alive: self.keep_alive,
             queue_capacity: self.queue_capacity,
             response_capacity: self.response_capacity,
             distribution: self.distribution,
@@ -146,9 +154,44 @@ impl<Req, Resp> Builder<Req, Resp> {
     }
 
     /// The number of worker threads. Default: `num_cpus::get()`. `0`, or more than
-    /// [`MAX_WORKERS`], makes `build` fail.
+    /// [`MAX_WORKERS`], makes `build` fail. The same as `elastic(n, n)`; the size can still
+    /// change at run time with [`Orchestrator::resize`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
+        self.elastic = None;
+        self
+    }
+
+    /// An elastic pool: it starts with `min` workers, grows toward `max` while requests wait
+    /// and every worker is busy (one worker per check, checked every few milliseconds), and
+    /// retires a worker above `min` that has been idle for [`keep_alive`](Self::keep_alive).
+    /// `min` of 0, `min > max` or `max` above [`MAX_WORKERS`] make `build` fail, and so does
+    /// an elastic pool with [`Distribution::by_key`](crate::Distribution::by_key) (moving
+    /// keys between workers would break their order).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_orchestrator::Orchestrator;
+    /// use std::time::Duration;
+    ///
+    /// let (orch, _responses) = Orchestrator::builder()
+    ///     .elastic(1, 4)
+    ///     .keep_alive(Duration::from_millis(50))
+    ///     .build(|ms: u64| std::thread::sleep(Duration::from_millis(ms)))?;
+    /// assert_eq!(orch.workers(), 1);
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn elastic(mut self, min: usize, max: usize) -> Self {
+        self.elastic = Some((min, max));
+        self.workers = None;
+        self
+    }
+
+    /// How long a worker above the elastic minimum may stay idle before it is retired.
+    /// Default: [`DEFAULT_KEEP_ALIVE`] (60 s). Zero makes `build` fail.
+    pub fn keep_alive(mut self, idle: Duration) -> Self {
+        self.keep_alive = Some(idle);
         self
     }
 
@@ -233,12 +276,30 @@ impl<Req, Resp> Builder<Req, Resp> {
     }
 
     pub(crate) fn config(self) -> Result<Config, BuildError> {
-        let workers = self.workers.unwrap_or_else(num_cpus::get);
+        let (workers, max_workers) = match self.elastic {
+            Some((min, max)) => {
+                if min > max {
+                    return Err(BuildError::new(Detail::ElasticRange));
+                }
+                (min, max)
+            }
+            None => {
+                let n = self.workers.unwrap_or_else(num_cpus::get);
+                (n, n)
+            }
+        };
         if workers == 0 {
             return Err(BuildError::new(Detail::ZeroWorkers));
         }
-        if workers > MAX_WORKERS {
+        if max_workers > MAX_WORKERS {
             return Err(BuildError::new(Detail::TooManyWorkers));
+        }
+        let keep_alive = self.keep_alive.unwrap_or(DEFAULT_KEEP_ALIVE);
+        if keep_alive.is_zero() {
+            return Err(BuildError::new(Detail::ZeroKeepAlive));
+        }
+        if max_workers > workers && matches!(self.distribution, Spread::ByKey(_)) {
+            return Err(BuildError::new(Detail::ElasticByKey));
         }
         let queue_capacity = self.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
         if queue_capacity == 0 {
@@ -277,6 +338,8 @@ impl<Req, Resp> Builder<Req, Resp> {
         }
         Ok(Config {
             workers,
+            max_workers,
+            keep_alive,
             queue_capacity,
             response_capacity: self.response_capacity,
             distribution: self.distribution,

@@ -28,3 +28,6 @@ pub const MAX_TIMING_SAMPLE: usize = 1 << 20;
 pub const MIN_STACK_SIZE: usize = 64 * 1024;
 /// The default prefix of thread names.
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
+
+/// How long a worker above an elastic pool's minimum may stay idle by default.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(60);

@@ -143,6 +143,41 @@ impl<T> CallError<T> {
     }
 }
 
+/// The error of [`Orchestrator::resize`](crate::Orchestrator::resize).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResizeError {
+    /// `resize(0)`: a pool has at least one worker.
+    Zero,
+    /// More than [`MAX_WORKERS`](crate::MAX_WORKERS).
+    TooLarge {
+        /// The largest size accepted.
+        limit: usize,
+    },
+    /// The pool has per-key queues ([`Distribution::by_key`](crate::Distribution::by_key)):
+    /// moving keys between workers would break their order, so its size is fixed.
+    PerKeyQueues,
+    /// A shutdown started.
+    ShutDown,
+}
+
+impl fmt::Display for ResizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResizeError::Zero => f.write_str("cannot resize a pool to zero workers"),
+            ResizeError::TooLarge { limit } => {
+                write!(f, "cannot resize a pool above {limit} workers")
+            }
+            ResizeError::PerKeyQueues => {
+                f.write_str("cannot resize a pool with per-key queues (by_key)")
+            }
+            ResizeError::ShutDown => f.write_str("cannot resize a shut down orchestrator"),
+        }
+    }
+}
+
+impl Error for ResizeError {}
+
 /// The error of [`Orchestrator::call_timeout`](crate::Orchestrator::call_timeout).
 #[derive(PartialEq, Eq, Clone)]
 pub enum CallTimeoutError<T> {
@@ -334,6 +369,12 @@ pub enum BuildErrorKind {
     ZeroTimingSample,
     /// `stack_size` is below [`MIN_STACK_SIZE`](crate::MIN_STACK_SIZE).
     StackTooSmall,
+    /// `elastic(min, max)` with `min > max`.
+    ElasticRange,
+    /// `keep_alive` is zero.
+    ZeroKeepAlive,
+    /// An elastic pool with per-key queues.
+    ElasticByKey,
     /// The thread name is empty.
     EmptyThreadName,
     /// The thread name holds a NUL byte.
@@ -359,6 +400,9 @@ pub(crate) enum Detail {
     QueueTooLarge,
     ResponsesTooLarge,
     StackSize,
+    ElasticRange,
+    ZeroKeepAlive,
+    ElasticByKey,
     Spawn {
         thread: String,
         source: io::Error,
@@ -400,6 +444,9 @@ impl BuildError {
             Detail::QueueTooLarge => BuildErrorKind::QueueTooLarge,
             Detail::ResponsesTooLarge => BuildErrorKind::ResponsesTooLarge,
             Detail::StackSize => BuildErrorKind::StackTooSmall,
+            Detail::ElasticRange => BuildErrorKind::ElasticRange,
+            Detail::ZeroKeepAlive => BuildErrorKind::ZeroKeepAlive,
+            Detail::ElasticByKey => BuildErrorKind::ElasticByKey,
             Detail::Spawn { .. } => BuildErrorKind::Spawn,
             Detail::InitPanicked { .. } => BuildErrorKind::InitPanicked,
             Detail::KeyType { .. } => BuildErrorKind::KeyType,
@@ -445,6 +492,15 @@ impl fmt::Display for BuildError {
                 f,
                 "invalid configuration: stack_size must be at least {} bytes",
                 crate::config::MIN_STACK_SIZE
+            ),
+            Detail::ElasticRange => {
+                f.write_str("invalid configuration: elastic(min, max) needs min <= max")
+            }
+            Detail::ZeroKeepAlive => {
+                f.write_str("invalid configuration: keep_alive must be greater than zero")
+            }
+            Detail::ElasticByKey => f.write_str(
+                "invalid configuration: an elastic pool cannot have per-key queues (by_key)",
             ),
             Detail::Spawn { thread, source } => {
                 write!(f, "failed to spawn thread {thread:?}: {source}")

@@ -297,13 +297,13 @@ pub use crossbeam_channel;
 
 pub use crate::builder::Builder;
 pub use crate::config::{
-    DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME, MAX_METRICS_INTERVAL,
-    MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
+    DEFAULT_KEEP_ALIVE, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
+    MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
 };
 pub use crate::context::JobContext;
 pub use crate::distribution::{ByKey, Distribution, IntoDistribution};
 pub use crate::error::{
-    BuildError, BuildErrorKind, CallError, CallTimeoutError, JobError, SubmitError,
+    BuildError, BuildErrorKind, CallError, CallTimeoutError, JobError, ResizeError, SubmitError,
     SubmitTimeoutError, TrySubmitError,
 };
 pub use crate::ids::{RequestId, WorkerId};

@@ -255,6 +255,11 @@ pub(crate) enum ToMetrics {
         worker: usize,
         kind: WorkerEventKind,
     },
+    /// A worker slot beyond the ones at start (a growing pool), with its live totals.
+    Slot {
+        worker: usize,
+        live: Option<Live>,
+    },
     /// Every worker has exited and the queues are drained: send the summary and return.
     Finish {
         unstarted: u64,

@@ -97,6 +97,8 @@ pub enum WorkerState {
     Restarting,
     /// Its thread has exited.
     Stopped,
+    /// Retired by a shrinking pool (`resize`, or idle past the elastic keep-alive).
+    Retired,
 }
 
 impl fmt::Display for WorkerState {
@@ -107,6 +109,7 @@ impl fmt::Display for WorkerState {
             WorkerState::Busy => "busy",
             WorkerState::Restarting => "restarting",
             WorkerState::Stopped => "stopped",
+            WorkerState::Retired => "retired",
         })
     }
 }
@@ -188,6 +191,11 @@ pub enum WorkerEventKind {
     Died(String),
     /// Its thread exited during shutdown.
     Stopped,
+    /// A new worker, started because the pool grew (`resize`, or an elastic pool under load).
+    Added,
+    /// Retired because the pool shrank (`resize`, or idle past the elastic keep-alive); not
+    /// a death: nothing is replaced.
+    Retired,
 }
 
 /// Bits of linear sub-bucket per power of two: 3 bits → at most 12.5% relative error.

@@ -201,7 +201,7 @@ impl MetricsThread {
         Ok(Started { thread, requests })
     }
 
-    fn run(self) -> ShutdownSummary {
+    fn run(mut self) -> ShutdownSummary {
         let mut st = State {
             live_running: self.live.is_some(),
             subscribers: Vec::new(),
@@ -236,6 +236,7 @@ impl MetricsThread {
                 recv(self.inbox) -> msg => match msg {
                     Ok(ToMetrics::Stats { worker, delta }) => st.add(worker, &delta),
                     Ok(ToMetrics::Worker { worker, kind }) => st.worker_event(worker, kind),
+                    Ok(ToMetrics::Slot { worker, live }) => self.add_slot(&mut st, worker, live),
                     Ok(ToMetrics::Finish { unstarted, cancelled }) => {
                         return self.finish(st, unstarted, cancelled);
                     }
@@ -361,6 +362,8 @@ impl MetricsThread {
                 .workers
                 .iter()
                 .enumerate()
+                // One entry per worker of the pool: retired slots are not (until reused).
+                .filter(|(_, w)| w.state != Some(WorkerState::Retired))
                 .map(|(i, w)| WorkerSnapshot {
                     id: WorkerId(i),
                     state: state(w, counts[i].3),
@@ -373,7 +376,19 @@ impl MetricsThread {
         }
     }
 
-    fn finish(self, mut st: State, unstarted: u64, sup_cancelled: u64) -> ShutdownSummary {
+    /// A slot beyond the ones at start (a growing pool): its totals start at zero.
+    fn add_slot(&mut self, st: &mut State, worker: usize, live: Option<Live>) {
+        debug_assert_eq!(worker, st.workers.len(), "slots are added in order");
+        st.workers.push(WorkerTotals {
+            state: Some(WorkerState::Starting),
+            ..Default::default()
+        });
+        if let (Some(all), Some(live)) = (&mut self.live, live) {
+            all.push(live);
+        }
+    }
+
+    fn finish(mut self, mut st: State, unstarted: u64, sup_cancelled: u64) -> ShutdownSummary {
         // Every `subscribe` returned before the shutdown began (it borrows the orchestrator),
         // so its request is already here: register it, so it too gets the summary.
         while let Ok(msg) = self.control.try_recv() {
@@ -392,6 +407,7 @@ impl MetricsThread {
             match msg {
                 ToMetrics::Stats { worker, delta } => st.add(worker, &delta),
                 ToMetrics::Worker { worker, kind } => st.worker_event(worker, kind),
+                ToMetrics::Slot { worker, live } => self.add_slot(&mut st, worker, live),
                 ToMetrics::Finish { .. } => {}
             }
         }
@@ -454,6 +470,8 @@ impl State {
             WorkerEventKind::Started | WorkerEventKind::Restarted => WorkerState::Idle,
             WorkerEventKind::Panicked { .. } | WorkerEventKind::Died(_) => WorkerState::Restarting,
             WorkerEventKind::Stopped => WorkerState::Stopped,
+            WorkerEventKind::Added => WorkerState::Idle,
+            WorkerEventKind::Retired => WorkerState::Retired,
         });
         if matches!(kind, WorkerEventKind::Restarted) {
             w.restarts += 1;

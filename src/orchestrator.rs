@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::error::{CallError, CallTimeoutError, SubmitError, SubmitTimeoutError, TrySubmitError};
+use crate::error::{
+    CallError, CallTimeoutError, ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError,
+};
 use crate::ids::RequestId;
 use crate::intake::{Handle, Intake};
 use crate::message::{Job, Route, Shutdown};
@@ -253,9 +255,42 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
 
     submitting_methods!(with_intake);
 
-    /// The number of worker threads.
+    /// The pool's target size: the worker count it was built with, or the last `resize`
+    /// (for an elastic pool, what the pool decided last).
     pub fn workers(&self) -> usize {
-        self.workers
+        self.handle.workers()
+    }
+
+    /// From now on the pool runs `n` workers: growing starts new workers (their `init`
+    /// runs), shrinking retires the newest ones once their running job ends (idle ones at
+    /// once). Nothing queued is lost or run twice: the queues stay, and with
+    /// `RoundRobin` every worker steals from every queue, so none is stranded. Returns once
+    /// the request is with the supervisor; [`metrics`](Self::metrics) and the `Added` /
+    /// `Retired` worker events show the change as it happens.
+    ///
+    /// # Errors
+    ///
+    /// [`ResizeError::Zero`] for `0`, [`ResizeError::TooLarge`] above [`MAX_WORKERS`],
+    /// [`ResizeError::PerKeyQueues`] for a pool with per-key queues (their order depends on
+    /// the worker count), [`ResizeError::ShutDown`] once a shutdown started.
+    ///
+    /// [`MAX_WORKERS`]: crate::MAX_WORKERS
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_orchestrator::Orchestrator;
+    ///
+    /// let (orch, _responses) = Orchestrator::builder().workers(1).build(|x: u64| x * 2)?;
+    /// orch.resize(3).unwrap();
+    /// assert_eq!(orch.workers(), 3);
+    /// assert_eq!(orch.call(21), Ok(42));
+    /// orch.resize(1).unwrap();
+    /// assert!(orch.resize(0).is_err());
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn resize(&self, n: usize) -> Result<(), ResizeError> {
+        self.handle.resize(n)
     }
 
     /// Feeds `inputs` through the pool from this one thread and yields each [`Response`] as
@@ -502,6 +537,20 @@ impl<Req: Send + 'static, Resp: Send + 'static> Submitter<Req, Resp> {
 
     fn with_intake<T>(&self, f: impl FnOnce(Option<&Intake<Req, Resp>>) -> T) -> T {
         self.handle.submitting(f)
+    }
+
+    /// As [`Orchestrator::resize`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Orchestrator::resize`].
+    pub fn resize(&self, n: usize) -> Result<(), ResizeError> {
+        self.handle.resize(n)
+    }
+
+    /// As [`Orchestrator::workers`]: the pool's target size.
+    pub fn workers(&self) -> usize {
+        self.handle.workers()
     }
 
     submitting_methods!(with_intake);

@@ -10,8 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crossbeam_utils::CachePadded;
-
+use crate::config::MAX_WORKERS;
 use crate::message::Job;
 
 /// (pool id, worker index, its `Inline<Req, Resp>`).
@@ -89,7 +88,9 @@ pub(crate) fn leave() -> Option<Rc<dyn Any>> {
 /// only by the supervisor (and set once at start).
 #[derive(Debug)]
 pub(crate) struct Blocked {
-    flags: Box<[CachePadded<AtomicBool>]>,
+    /// One per possible worker slot (up to `MAX_WORKERS`: a pool can grow). Not padded:
+    /// they are written only around re-entrant waits.
+    flags: Box<[AtomicBool]>,
     count: AtomicUsize,
     alive: AtomicUsize,
 }
@@ -98,9 +99,7 @@ impl Blocked {
     /// `workers` workers, all alive, none blocked.
     pub(crate) fn new(workers: usize) -> Self {
         Blocked {
-            flags: (0..workers)
-                .map(|_| CachePadded::new(AtomicBool::new(false)))
-                .collect(),
+            flags: (0..MAX_WORKERS).map(|_| AtomicBool::new(false)).collect(),
             count: AtomicUsize::new(0),
             alive: AtomicUsize::new(workers),
         }

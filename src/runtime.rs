@@ -21,7 +21,7 @@
 use std::io;
 use std::panic;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use crate::reentry::Blocked;
 use crate::report::{ShutdownReport, ShutdownSummary};
 use crate::response::Response;
 use crate::supervisor::{self, Outcome, Supervisor, SupervisorLinks};
-use crate::worker::{Forward, Links, Recipe, SpawnWorker};
+use crate::worker::{Forward, Links, Recipe, Retire, Slot as SlotIo, SpawnWorker};
 
 /// A started pool: what the facade wraps.
 pub(crate) struct Parts<Req, Resp> {
@@ -53,7 +53,12 @@ pub(crate) struct Parts<Req, Resp> {
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
+    /// Workers at start (the elastic minimum).
     pub(crate) workers: usize,
+    /// The elastic maximum (`workers` for a fixed pool).
+    pub(crate) max_workers: usize,
+    /// How long a worker above the minimum may idle.
+    pub(crate) keep_alive: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) response_capacity: Option<usize>,
     pub(crate) distribution: Spread,
@@ -87,6 +92,7 @@ struct StartGuard<Req, Resp> {
     senders: Option<Vec<Sender<Job<Req, Resp>>>>,
     spawner: Option<SpawnWorker>,
     workers: Vec<JoinHandle<()>>,
+    retire: Vec<Retire>,
     metrics_tx: Option<Sender<ToMetrics>>,
     metrics: Option<metrics_thread::Started>,
 }
@@ -147,13 +153,17 @@ where
     let (intake_closed_tx, intake_closed_rx) = bounded::<Never>(1);
     // Each submitter handle's liveness counter, registered with the supervisor.
     let (register_tx, register_rx) = unbounded();
+    // `resize` requests, and the target size they set (read by `workers()`).
+    let (resize_tx, resize_rx) = unbounded();
+    let target = Arc::new(AtomicUsize::new(n));
     let stop = Arc::new(AtomicBool::new(false));
     let pool = NEXT_POOL.fetch_add(1, Ordering::Relaxed);
     let epoch = Instant::now();
     let blocked = Arc::new(Blocked::new(n));
-    let live: Option<Vec<Live>> = cfg
-        .metrics
-        .then(|| (0..n).map(|_| Live::default()).collect());
+    // Live totals: for the metrics (metrics on) and for the elastic decisions.
+    let elastic = cfg.max_workers > n;
+    let live_totals = cfg.metrics || elastic;
+    let live: Vec<Option<Live>> = (0..n).map(|_| live_totals.then(Live::default)).collect();
     // Which jobs are timed: those whose id has no bit of the mask set. Adaptive (the
     // default) starts by timing every job.
     let first_mask = cfg.timing_sample.map_or(0, |n| n as u64 - 1);
@@ -176,7 +186,6 @@ where
         flush_every: cfg.metrics.then(|| cfg.metrics_interval / 2),
         forward,
         epoch,
-        live: live.clone(),
         init: Arc::new(init),
         handler: Arc::new(handler),
     };
@@ -184,6 +193,7 @@ where
         senders: Some(senders),
         spawner: Some(recipe.spawner()),
         workers: Vec::with_capacity(n),
+        retire: Vec::with_capacity(n),
         metrics_tx: Some(metrics_tx),
         metrics: None,
     };
@@ -192,13 +202,17 @@ where
 
     // Workers first; each reports `Ready` (or `InitPanicked`) once its `init` ran.
     let mut failure = None;
-    for i in 0..n {
+    for (i, totals) in live.iter().enumerate() {
         let spawner = guard
             .spawner
             .as_mut()
             .expect("held until the supervisor starts");
-        match spawner(i) {
-            Ok(h) => guard.workers.push(h),
+        let (slot, retire) = SlotIo::new(totals.clone());
+        match spawner(i, slot) {
+            Ok(h) => {
+                guard.workers.push(h);
+                guard.retire.push(retire);
+            }
             Err(source) => {
                 failure = Some(spawn_error(
                     format!("{}-worker-{i}", cfg.thread_name),
@@ -235,7 +249,9 @@ where
         sampling: sampling
             .clone()
             .map(|mask| (mask, cfg.timing_sample.is_none())),
-        live,
+        live: cfg
+            .metrics
+            .then(|| live.iter().flatten().cloned().collect()),
         epoch,
     };
     match MetricsThread::spawn(&cfg.thread_name, metrics_rx, metrics_cfg) {
@@ -255,6 +271,10 @@ where
         blocked: Arc::clone(&blocked),
         register: register_rx,
         intake_closed: intake_closed_tx,
+        target: Arc::clone(&target),
+        resize: resize_rx,
+        elastic: (n, cfg.max_workers, cfg.keep_alive),
+        live_totals,
     };
     let spawner = guard
         .spawner
@@ -278,7 +298,13 @@ where
         queues: guard.senders.take().expect("held until now"),
         key,
     };
-    let _ = handles.send(std::mem::take(&mut guard.workers));
+    let initial = std::mem::take(&mut guard.workers)
+        .into_iter()
+        .zip(std::mem::take(&mut guard.retire))
+        .zip(live)
+        .map(|((h, retire), live)| (h, retire, live))
+        .collect();
+    let _ = handles.send(initial);
     drop(guard.metrics_tx.take());
     let metrics_thread::Started {
         thread: metrics_thread,
@@ -300,6 +326,9 @@ where
         epoch,
         pool,
         blocked,
+        target,
+        resize: resize_tx,
+        per_key: matches!(cfg.distribution, Spread::ByKey(_)) && n > 1,
     };
     let running = Running {
         _resp: std::marker::PhantomData,

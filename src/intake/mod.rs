@@ -52,8 +52,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError, select_biased};
 use crossbeam_utils::{Backoff, CachePadded};
 
+use crate::config::MAX_WORKERS;
 use crate::distribution::ByKey;
-use crate::error::{SubmitError, SubmitTimeoutError, TrySubmitError};
+use crate::error::{ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError};
 use crate::ids::RequestId;
 use crate::message::{Job, Never, Reply, Route, Stamp};
 use crate::metrics_thread::Counters;
@@ -117,6 +118,12 @@ pub(crate) struct Shared<Req, Resp> {
     /// Which workers are blocked on this pool itself (see [`Blocked`]): a worker that could
     /// deadlock by waiting runs its request inline instead.
     pub(crate) blocked: Arc<Blocked>,
+    /// The pool's target size (`workers()`), shared with the supervisor.
+    pub(crate) target: Arc<AtomicUsize>,
+    /// `resize` requests, to the supervisor.
+    pub(crate) resize: Sender<usize>,
+    /// Whether the pool has per-key queues (its size is then fixed).
+    pub(crate) per_key: bool,
 }
 
 /// Whether a re-entrant caller may wait or must run its request inline.
@@ -207,6 +214,32 @@ impl<Req, Resp> Handle<Req, Resp> {
     /// The open intake, for the orchestrator's own handle (which needs no bracketing).
     pub(crate) fn intake(&self) -> &Intake<Req, Resp> {
         &self.shared.intake
+    }
+
+    /// The pool's target size.
+    pub(crate) fn workers(&self) -> usize {
+        self.shared.target.load(Ordering::SeqCst)
+    }
+
+    /// Asks the supervisor to bring the pool to `n` workers.
+    pub(crate) fn resize(&self, n: usize) -> Result<(), ResizeError> {
+        if n == 0 {
+            return Err(ResizeError::Zero);
+        }
+        if n > MAX_WORKERS {
+            return Err(ResizeError::TooLarge { limit: MAX_WORKERS });
+        }
+        if self.shared.per_key {
+            return Err(ResizeError::PerKeyQueues);
+        }
+        if self.shared.closing.load(Ordering::SeqCst) {
+            return Err(ResizeError::ShutDown);
+        }
+        self.shared.target.store(n, Ordering::SeqCst);
+        self.shared
+            .resize
+            .send(n)
+            .map_err(|_| ResizeError::ShutDown)
     }
 
     /// Whether intake is closed for good.

@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::Backoff;
-
-use crossbeam_channel::{Receiver, Select, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -30,6 +28,7 @@ use crate::response::Response;
 use crate::unwind::{drop_quietly, message_of};
 
 mod deliver;
+mod take;
 
 /// What a pipeline stage's handler returns: nothing when the next stage took the value at
 /// once, otherwise the blocking hand-off, which its worker runs after it stopped counting
@@ -92,14 +91,54 @@ pub(crate) struct Recipe<Req, Resp, I, H> {
     pub(crate) forward: Option<Forward<Resp>>,
     /// The moment the pool's job stamps count from.
     pub(crate) epoch: Instant,
-    /// Each worker slot's live totals, in worker order; `None` with metrics off.
-    pub(crate) live: Option<Vec<Live>>,
+
     pub(crate) init: Arc<I>,
     pub(crate) handler: Arc<H>,
 }
 
 /// Starts worker `i` (a fresh thread that runs `init`).
-pub(crate) type SpawnWorker = Box<dyn FnMut(usize) -> io::Result<JoinHandle<()>> + Send>;
+pub(crate) type SpawnWorker = Box<dyn FnMut(usize, Slot) -> io::Result<JoinHandle<()>> + Send>;
+
+/// What belongs to one worker slot rather than to the pool: its live totals (which a
+/// replacement continues), and the signal that retires it (a shrinking pool).
+pub(crate) struct Slot {
+    pub(crate) live: Option<Live>,
+    /// Set by the supervisor when it retires this worker: it leaves after its current job.
+    pub(crate) retire: Arc<AtomicBool>,
+    /// Disconnected by the supervisor when it retires this worker: wakes it if idle.
+    pub(crate) retired: Receiver<Never>,
+}
+
+/// The supervisor's end of a [`Slot`]: setting the flag and dropping the sender retires it.
+pub(crate) struct Retire {
+    pub(crate) flag: Arc<AtomicBool>,
+    pub(crate) wake: Sender<Never>,
+}
+
+impl Slot {
+    /// A fresh slot for a worker thread, and the handle that retires it.
+    pub(crate) fn new(live: Option<Live>) -> (Slot, Retire) {
+        let flag = Arc::new(AtomicBool::new(false));
+        // Capacity 1: nothing is ever sent (see `abort` in the runtime).
+        let (wake, retired) = crossbeam_channel::bounded(1);
+        let slot = Slot {
+            live,
+            retire: Arc::clone(&flag),
+            retired,
+        };
+        (slot, Retire { flag, wake })
+    }
+}
+
+impl Retire {
+    /// Retires the worker: after its current job, or at once if it is idle.
+    pub(crate) fn retire(self) {
+        // Written once, read with `Relaxed` by its worker after each job: a stale read only
+        // means one more job before it leaves. The disconnect wakes an idle worker.
+        self.flag.store(true, Ordering::Relaxed);
+        drop(self.wake);
+    }
+}
 
 impl<Req, Resp, S, I, H> Recipe<Req, Resp, I, H>
 where
@@ -111,7 +150,7 @@ where
 {
     /// The spawner of this pool's worker threads, named `"{name}-worker-{i}"`.
     pub(crate) fn spawner(self) -> SpawnWorker {
-        Box::new(move |i| {
+        Box::new(move |i, slot: Slot| {
             // Own queue first, then the others in order (only when stealing).
             let mut queues = self.queues.clone();
             let len = queues.len();
@@ -128,7 +167,9 @@ where
                 flush_every: self.flush_every,
                 forward: self.forward,
                 epoch: self.epoch,
-                live: self.live.as_ref().map(|l| Arc::clone(&l[i])),
+                live: slot.live,
+                retire: slot.retire,
+                retired: slot.retired,
                 waited: Cell::new(false),
                 init: Arc::clone(&self.init),
                 handler: Arc::clone(&self.handler),
@@ -159,6 +200,10 @@ struct Worker<Req, Resp, I, H> {
     epoch: Instant,
     /// This slot's live totals (see [`LiveCounts`](crate::message::LiveCounts)).
     live: Option<Live>,
+    /// Set when the supervisor retires this worker (see [`Retire`]).
+    retire: Arc<AtomicBool>,
+    /// Disconnected when the supervisor retires this worker.
+    retired: Receiver<Never>,
     /// Set when handing an answer on had to wait: the next job's start is then not the
     /// previous job's end. Worker-local (a `Cell`, never shared).
     waited: Cell<bool>,
@@ -238,6 +283,7 @@ where
             select.recv(q);
         }
         select.recv(&self.links.intake_closed);
+        select.recv(&self.retired);
         let mut live = vec![true; self.queues.len()];
         let mut next_flush = self.flush_every.map(|p| Instant::now() + p);
         let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
@@ -263,6 +309,9 @@ where
             }
             let times = (&mut next_flush, &mut last_end);
             self.run_job(job, &mut state, &mut ctx, &mut guard.stats, times);
+            if self.retire.load(Ordering::Relaxed) {
+                break; // retired: what is queued is the others' to run
+            }
         }
     }
 
@@ -279,6 +328,8 @@ where
             forward: self.forward,
             epoch: self.epoch,
             live: self.live.clone(),
+            retire: Arc::clone(&self.retire),
+            retired: self.retired.clone(),
             waited: Cell::new(false),
             init: Arc::clone(&self.init),
             handler: Arc::clone(&self.handler),
@@ -328,92 +379,6 @@ where
         let init = &self.init;
         let id = WorkerId(self.id);
         panic::catch_unwind(AssertUnwindSafe(|| init(id))).map_err(message_of)
-    }
-
-    /// The next job, and whether it had to wait for it; `None` when every queue is
-    /// disconnected and empty.
-    fn take<'a>(
-        &'a self,
-        select: &mut Select<'a>,
-        live: &mut [bool],
-        stats: &mut StatsDelta,
-        next_flush: &mut Option<Instant>,
-    ) -> Option<(Job<Req, Resp>, bool)> {
-        if let Some(job) = self.try_take(select, live) {
-            return Some((job, false));
-        }
-        // `Select::select` parks at once, so a submit would have to unpark us on every job
-        // that finds us idle; `Receiver::recv` spins with a backoff first. Spin the same way.
-        let backoff = Backoff::new();
-        while !backoff.is_completed() {
-            backoff.snooze();
-            if let Some(job) = self.try_take(select, live) {
-                return Some((job, true));
-            }
-        }
-        // Going idle: block, waking to report counts if some are unreported.
-        let signal = self.queues.len();
-        loop {
-            let closed = matches!(
-                self.links.intake_closed.try_recv(),
-                Err(TryRecvError::Disconnected)
-            );
-            if closed || !live.iter().any(|&l| l) {
-                // Nothing can arrive any more: what is queued is still ours; then leave.
-                return self.try_take(select, live).map(|job| (job, true));
-            }
-            let deadline = next_flush.filter(|_| stats.owes_report());
-            let op = match deadline {
-                Some(d) => match select.select_deadline(d) {
-                    Ok(op) => op,
-                    Err(_) => {
-                        self.flush_idle(stats, next_flush);
-                        continue;
-                    }
-                },
-                None => select.select(),
-            };
-            let i = op.index();
-            if i == signal {
-                let _ = op.recv(&self.links.intake_closed);
-                continue; // the loop's check sees it closed
-            }
-            match op.recv(&self.queues[i]) {
-                Ok(job) => return Some((job, true)),
-                Err(_) => {
-                    live[i] = false;
-                    select.remove(i);
-                }
-            }
-        }
-    }
-
-    /// Own queue first, then steal from the others in order; never blocks.
-    fn try_take<'a>(
-        &'a self,
-        select: &mut Select<'a>,
-        live: &mut [bool],
-    ) -> Option<Job<Req, Resp>> {
-        for (i, q) in self.queues.iter().enumerate() {
-            if !live[i] {
-                continue;
-            }
-            match q.try_recv() {
-                Ok(job) => return Some(job),
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => {
-                    live[i] = false;
-                    select.remove(i);
-                }
-            }
-        }
-        None
-    }
-
-    fn flush_idle(&self, stats: &mut StatsDelta, next_flush: &mut Option<Instant>) {
-        stats.busy = false;
-        self.flush(stats);
-        *next_flush = self.flush_every.map(|p| Instant::now() + p);
     }
 
     /// Sends the counts since the last report without blocking. If the metrics thread's inbox is

@@ -4,7 +4,7 @@
 //! `shutdown_now`, and tells the metrics thread when everything is over.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -13,11 +13,17 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick};
 
 use crate::ids::RequestId;
 use crate::intake::Liveness;
+use crate::message::Live;
 use crate::message::{Job, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::WorkerEventKind;
 use crate::reentry::Blocked;
 use crate::unwind::{drop_quietly, panic_message};
-use crate::worker::SpawnWorker;
+use crate::worker::{Retire, Slot as SlotIo, SpawnWorker};
+
+mod elastic;
+
+/// How often an elastic pool checks whether to grow or shrink.
+const ELASTIC_CHECK: Duration = Duration::from_millis(5);
 
 /// How often a shutdown checks whether the submits in progress are done.
 const QUIESCE_POLL: Duration = Duration::from_micros(200);
@@ -37,6 +43,19 @@ pub(crate) struct Outcome<Req> {
 
 struct Slot {
     handle: Option<JoinHandle<()>>,
+    /// The slot's live totals (a replacement continues them).
+    live: Option<Live>,
+    /// Retires the current thread (see `worker::Retire`).
+    retire: Option<Retire>,
+    /// Asked to retire; it leaves after its current job.
+    retiring: bool,
+    /// Retired (or never started): not part of the pool until reused by a growth.
+    retired: bool,
+    /// Whether the current thread was started by a growth (its `Ready` is `Added`).
+    added: bool,
+    /// Since when it has been idle, as the elastic checks saw it; and its taken count then.
+    idle_since: Option<Instant>,
+    last_taken: u64,
     /// Whether its thread is running (between spawn and `Exited`).
     running: bool,
     /// Whether its thread is serving (between `Ready` and `Exited`): counted as alive.
@@ -68,14 +87,26 @@ pub(crate) struct SupervisorLinks<Req, Resp> {
     pub(crate) register: Receiver<Weak<Liveness>>,
     /// Disconnected once no request can arrive any more (see `intake`).
     pub(crate) intake_closed: Sender<Never>,
+    /// The target number of workers: written by `resize` (before it sends the new size)
+    /// and by the elastic decisions here; read by `workers()`.
+    pub(crate) target: Arc<AtomicUsize>,
+    /// `resize` requests.
+    pub(crate) resize: Receiver<usize>,
+    /// The elastic range and keep-alive (`min == max`: a fixed pool).
+    pub(crate) elastic: (usize, usize, Duration),
+    /// Whether workers get live totals (metrics on, or elastic: the decisions read them).
+    pub(crate) live_totals: bool,
 }
+
+/// One initial worker, as the supervisor takes it over.
+pub(crate) type Initial = (JoinHandle<()>, Retire, Option<Live>);
 
 /// A started supervisor: its thread, the channel for the one shutdown command, and the
 /// channel on which it waits for the worker threads' handles.
 pub(crate) struct Started<Req> {
     pub(crate) thread: JoinHandle<Outcome<Req>>,
     pub(crate) control: Sender<Shutdown>,
-    pub(crate) handles: Sender<Vec<JoinHandle<()>>>,
+    pub(crate) handles: Sender<Vec<Initial>>,
 }
 
 pub(crate) struct Supervisor<Req, Resp> {
@@ -92,6 +123,10 @@ pub(crate) struct Supervisor<Req, Resp> {
     handles: Vec<Weak<Liveness>>,
     /// Dropped (the workers' signal) once the shutdown started and no submit is in progress.
     intake_closed: Option<Sender<Never>>,
+    target: Arc<AtomicUsize>,
+    resize: Receiver<usize>,
+    elastic: (usize, usize, Duration),
+    live_totals: bool,
     /// Whether the shutdown command arrived.
     shutting_down: bool,
     /// A pipeline stage's deadline: stop starting jobs, but keep delivering responses.
@@ -121,6 +156,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             register: links.register,
             handles: Vec::new(),
             intake_closed: Some(links.intake_closed),
+            target: links.target,
+            resize: links.resize,
+            elastic: links.elastic,
+            live_totals: links.live_totals,
             shutting_down: false,
             keep_delivering: false,
         };
@@ -139,11 +178,18 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     }
 
     /// The thread's body: runs until a shutdown command arrived and every worker exited.
-    fn run(mut self, handles: Vec<JoinHandle<()>>) -> Outcome<Req> {
+    fn run(mut self, handles: Vec<Initial>) -> Outcome<Req> {
         let mut slots: Vec<Slot> = handles
             .into_iter()
-            .map(|h| Slot {
+            .map(|(h, retire, live)| Slot {
                 handle: Some(h),
+                live,
+                retire: Some(retire),
+                retiring: false,
+                retired: false,
+                added: false,
+                idle_since: None,
+                last_taken: 0,
                 running: true,
                 serving: true, // `build` returned after every worker's `Ready`
                 replacement: false,
@@ -160,6 +206,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         let mut deadline = never();
         let mut respawn = never();
         let mut register = self.register.clone();
+        let resize = self.resize.clone();
+        let (min, max, _) = self.elastic;
+        let elastic = if max > min {
+            tick(ELASTIC_CHECK)
+        } else {
+            never()
+        };
         // While a shutdown waits for submits in progress to finish: a short poll.
         let mut quiesce = never();
 
@@ -205,6 +258,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                         quiesce = tick(QUIESCE_POLL);
                     }
                 }
+                recv(resize) -> _ => {
+                    // The target was stored by `resize`; several requests fold into one.
+                    while self.resize.try_recv().is_ok() {}
+                    self.apply_target(&mut slots);
+                }
+                recv(elastic) -> _ => self.elastic_check(&mut slots),
                 recv(register) -> handle => match handle {
                     Ok(handle) => self.track(handle),
                     // Every handle is gone: nothing more to register.
@@ -332,7 +391,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                 slot.deaths = 0;
                 slot.serving = true;
                 self.blocked.set_alive(self.blocked.alive() + 1);
-                if slot.replacement {
+                if std::mem::take(&mut slot.added) {
+                    self.event(worker, WorkerEventKind::Added);
+                } else if slot.replacement {
                     self.event(worker, WorkerEventKind::Restarted);
                 }
             }
@@ -364,9 +425,18 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     (Some(_), Some(Err(payload))) => Some(panic_message(&*payload)),
                     (died, _) => died,
                 };
+                if std::mem::take(&mut slot.retiring) && died.is_none() {
+                    slot.retired = true;
+                    slot.respawn_at = None;
+                    self.event(worker, WorkerEventKind::Retired);
+                    return;
+                }
                 if let Some(message) = died {
                     slot.deaths += 1;
                     self.event(worker, WorkerEventKind::Died(message));
+                }
+                if slot.retired {
+                    return; // a growth's thread that failed its `init`: not replaced
                 }
                 if self.should_respawn(slot.deaths) {
                     let backoff = RESPAWN_MIN
@@ -407,9 +477,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     self.event(i, WorkerEventKind::Stopped);
                     continue;
                 }
-                match (self.spawn)(i) {
+                let (io, retire) = SlotIo::new(slot.live.clone());
+                match (self.spawn)(i, io) {
                     Ok(handle) => {
                         slot.handle = Some(handle);
+                        slot.retire = Some(retire);
                         slot.running = true;
                         slot.replacement = true;
                         slot.respawn_at = None;
@@ -436,6 +508,6 @@ fn hand_back<Req, Resp>(
 }
 
 /// Stands in for the spawner once the supervisor is done.
-fn no_spawn(_: usize) -> io::Result<JoinHandle<()>> {
+fn no_spawn(_: usize, _: SlotIo) -> io::Result<JoinHandle<()>> {
     Err(io::Error::other("the supervisor has stopped"))
 }
