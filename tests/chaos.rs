@@ -29,6 +29,9 @@
 //!   ones that come back to it (refusals, cancelled calls, `unstarted`) before dropping them.
 //!   No worker may die of it, no panic may escape a shutdown, nothing may be lost.
 //!
+//! In half the scenarios without per-key queues, a thread also resizes the pool (1 to 4
+//! workers) at random moments, on into the shutdown.
+//!
 //! Every scenario checks:
 //! - exactly-once: every accepted request (nested ones included) is answered exactly once (on
 //!   the responses channel, to its `call`, or to its `process` iterator), or handed back
@@ -146,6 +149,9 @@ struct Scenario {
     /// Chance that a top-level request is re-entrant: when handled, it makes a nested `call`
     /// and/or a nested blocking `submit` into its own pool.
     reentrant_percent: u64,
+    /// Whether a thread resizes the pool (1 to `MAX_WORKERS` workers) at random moments,
+    /// into the shutdown too (per-key pools cannot be resized).
+    resizes: bool,
     /// Chance that a request's `Drop` panics (after counting the drop).
     drop_panic_percent: u64,
 }
@@ -205,6 +211,8 @@ impl Scenario {
             stop,
             reentrant_percent: [0, 5, 15, 40][r.below(4) as usize],
             drop_panic_percent: [0, 0, 4, 10][r.below(4) as usize],
+            // Drawn last, so the scenarios of earlier seeds keep their shape.
+            resizes: dist != Dist::ByKey && r.chance(50),
         }
     }
 
@@ -708,8 +716,24 @@ fn check_snapshot(sc: &Scenario, log: &Log, m: &MetricsSnapshot, past_deadlines:
     // One job per worker, plus, for a re-entrant request, the nested one its worker runs
     // inline while the outer one waits (both are in flight).
     let per_worker = if sc.reentrant_percent > 0 { 2 } else { 1 };
-    assert!(m.in_flight <= (per_worker * sc.workers) as u64, "{m:?}");
-    assert_eq!(m.workers.len(), sc.workers);
+    let workers = if sc.resizes {
+        MAX_WORKERS as usize
+    } else {
+        sc.workers
+    };
+    let alive = if sc.resizes { m.workers.len() } else { workers };
+    assert!(
+        m.in_flight <= (per_worker * alive.max(workers)) as u64,
+        "{m:?}"
+    );
+    if sc.resizes {
+        // Retired workers finish their running job first: while the size swings, more
+        // threads than the target can be alive for a while (`tests/resize.rs` checks that
+        // the count comes back to the target).
+        assert!(!m.workers.is_empty(), "{m:?}");
+    } else {
+        assert_eq!(m.workers.len(), sc.workers);
+    }
 }
 
 /// What one subscription saw: whether it got the `Shutdown` event, and with what.
@@ -946,6 +970,21 @@ fn run(sc: Scenario) {
         let sc = Arc::clone(&sc);
         thread::spawn(move || consume(&sc, responses))
     };
+    // Resizes at random moments, until a little after the shutdown began.
+    let resizer = sc.resizes.then(|| {
+        let (sub, stop, seed) = (orch.submitter(), Arc::clone(&shutting_down), sc.seed);
+        thread::spawn(move || {
+            let mut r = Rng::new(seed ^ 0x2E51);
+            let mut after_stop = 0;
+            while after_stop < 3 {
+                if stop.load(Ordering::SeqCst) {
+                    after_stop += 1;
+                }
+                let _ = sub.resize(1 + r.below(MAX_WORKERS) as usize);
+                thread::sleep(Duration::from_micros(r.below(3_000)));
+            }
+        })
+    });
     let producers: Vec<JoinHandle<Vec<(u64, Fate)>>> = (0..sc.producers)
         .map(|p| {
             let (sc, sub, log) = (Arc::clone(&sc), orch.submitter(), Arc::clone(&log));
@@ -1042,6 +1081,9 @@ fn run(sc: Scenario) {
         .unwrap_or_else(|_| panic!("a panic escaped the shutdown ({stop:?})"));
     reported.store(true, Ordering::SeqCst);
 
+    if let Some(resizer) = resizer {
+        resizer.join().unwrap();
+    }
     let mut fates: HashMap<u64, Fate> = HashMap::new();
     for p in producers {
         fates.extend(p.join().unwrap());
@@ -1214,8 +1256,10 @@ fn check_exactly_once(
             .get(&r.id)
             .unwrap_or_else(|| panic!("response for an id never accepted: {}", r.id));
         assert!(received.insert(tag), "request {tag} answered twice");
+        // A resized pool adds slots after the first ones (retired slots are reused, but
+        // one still finishing its last job is not): no bound to check then.
         assert!(
-            r.worker.index() < sc.workers,
+            sc.resizes || r.worker.index() < sc.workers,
             "worker {} out of range",
             r.worker
         );
@@ -1292,7 +1336,7 @@ fn check_exactly_once(
                 calls += 1;
                 assert_eq!(log.ran(tag), 1, "answered call {tag} never ran");
                 assert_eq!(*fate == Fate::CallPanicked, sc.fails(tag), "call {tag}");
-                if sc.is_nested(tag) && sc.workers == 1 {
+                if sc.is_nested(tag) && sc.workers == 1 && !sc.resizes {
                     // No other worker to wait for.
                     assert!(
                         log.ran_inline[tag as usize].load(Ordering::SeqCst),

@@ -425,7 +425,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     (Some(_), Some(Err(payload))) => Some(panic_message(&*payload)),
                     (died, _) => died,
                 };
-                if std::mem::take(&mut slot.retiring) && died.is_none() {
+                if std::mem::take(&mut slot.retiring) {
+                    // Retired, whether it left on its own or died on the way: not replaced.
+                    if let Some(message) = died {
+                        self.event(worker, WorkerEventKind::Died(message));
+                    }
                     slot.retired = true;
                     slot.respawn_at = None;
                     self.event(worker, WorkerEventKind::Retired);
