@@ -186,8 +186,13 @@ fn an_elastic_pool_grows_under_load_and_shrinks_back_after_keep_alive() {
     assert_eq!(orch.call(1), Ok(1));
     let report = within(WAIT, "shutdown", move || orch.shutdown());
     assert_eq!(report.completed, 81);
+    // At least the growth to four and the shrink back; the last call may have grown the
+    // pool again for a moment.
     let (added, retired) = added_and_retired(&events);
-    assert_eq!((added, retired), (3, 3));
+    assert!(
+        added >= 3 && retired >= 3,
+        "added {added}, retired {retired}"
+    );
     assert_no_threads_of(name);
 }
 
@@ -205,7 +210,7 @@ fn resizes_at_random_moments_racing_submits_and_shutdowns_lose_nothing() {
             })
             .thread_name(name.clone())
             .build(|x: u64| {
-                if x % 7 == 0 {
+                if x.is_multiple_of(7) {
                     thread::sleep(Duration::from_micros(300));
                 }
                 x
@@ -247,6 +252,46 @@ fn resizes_at_random_moments_racing_submits_and_shutdowns_lose_nothing() {
         } else {
             assert_eq!(answered, accepted, "seed {seed}: drop runs everything");
         }
+        assert_no_threads_of(&name);
+    }
+}
+
+#[test]
+fn shrinking_never_strands_a_worker_waiting_on_its_own_pool() {
+    use std::sync::OnceLock;
+    for round in 0..4 {
+        let name = format!("rzs{round}");
+        let me: Arc<OnceLock<channel_orchestrator::Submitter<u64, u64>>> = Arc::default();
+        let inner = Arc::clone(&me);
+        let gate = common::Gate::new();
+        let waiter = gate.waiter();
+        let (orch, responses) = Orchestrator::builder()
+            .workers(2)
+            .thread_name(name.clone())
+            .build(move |x: u64| match x {
+                0 => {
+                    waiter.pass(0); // holds one worker
+                    0
+                }
+                1 => inner.get().unwrap().call(2).unwrap() + 10, // waits: the other is busy
+                n => n,
+            })
+            .unwrap();
+        me.set(orch.submitter()).unwrap();
+        orch.submit(0).unwrap();
+        gate.wait_started(1);
+        orch.submit(1).unwrap();
+        thread::sleep(Duration::from_millis(5)); // the nested call is queued and waited on
+        orch.resize(1).unwrap(); // must not leave the waiting worker alone with its request
+        gate.release(1);
+        let mut got: Vec<u64> = (0..2)
+            .map(|_| responses.recv_timeout(WAIT).unwrap().outcome.unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [0, 12]);
+        eventually("one worker thread", || worker_threads(&name) == 1);
+        let report = within(WAIT, "shutdown", move || orch.shutdown());
+        assert_eq!((report.completed, report.cancelled), (3, 0));
         assert_no_threads_of(&name);
     }
 }

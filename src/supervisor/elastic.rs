@@ -26,19 +26,21 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
 
     /// Brings the pool to the target size: starts workers (reusing retired slots first) or
     /// retires the newest ones (each leaves after its current job). Not during a shutdown.
-    pub(super) fn apply_target(&mut self, slots: &mut Vec<Slot>) {
+    ///
+    /// Returns `false` if it must try again shortly (a retirement had to wait).
+    pub(super) fn apply_target(&mut self, slots: &mut Vec<Slot>) -> bool {
         if self.shutting_down {
-            return;
+            return true;
         }
         let target = self.target.load(Ordering::SeqCst).max(1);
         let mut active = Self::active(slots);
         while active.len() > target {
-            let i = active.pop().expect("more than one");
-            let slot = &mut slots[i];
-            slot.retiring = true;
-            if let Some(retire) = slot.retire.take() {
-                retire.retire();
+            let i = *active.last().expect("more than one");
+            if !self.retire(&mut slots[i]) {
+                return false; // every other worker waits on the pool: retire later
             }
+            active.pop();
+            let slot = &mut slots[i];
             if !slot.running {
                 // Dead and waiting for a replacement: simply not replaced.
                 slot.respawn_at = None;
@@ -50,9 +52,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         while active.len() < target {
             match self.add_worker(slots) {
                 Some(i) => active.push(i),
-                None => break,
+                None => return false,
             }
         }
+        true
     }
 
     /// Starts one more worker, in a retired slot if there is one.
@@ -133,18 +136,39 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         }
         if queued > 0 && all_busy && active.len() < max {
             self.target.store(active.len() + 1, Ordering::SeqCst);
-            self.apply_target(slots);
+            let _ = self.apply_target(slots); // the next check retries anyway
         } else if let Some((i, idle)) = idle_longest
             && idle >= keep_alive
             && active.len() > min
         {
-            self.target.store(active.len() - 1, Ordering::SeqCst);
-            let slot = &mut slots[i];
-            slot.retiring = true;
-            slot.idle_since = None;
-            if let Some(retire) = slot.retire.take() {
-                retire.retire();
+            if self.retire(&mut slots[i]) {
+                self.target.store(active.len() - 1, Ordering::SeqCst);
+                slots[i].idle_since = None;
             }
         }
+    }
+
+    /// Retires the slot's worker, unless that would leave no free worker for those waiting
+    /// on the pool itself (a re-entrant call whose request is queued): then it stays, and
+    /// a later check retires it. A serving worker stops counting as alive at once, before
+    /// it leaves: with the re-entrancy check in `Blocked::block` (its counter first, then
+    /// `alive`; here `alive` first, then the counter, all `SeqCst`), either a worker about
+    /// to wait sees it gone and runs its request inline, or this sees that worker waiting
+    /// and keeps the slot.
+    fn retire(&mut self, slot: &mut Slot) -> bool {
+        if slot.serving {
+            let alive = self.blocked.alive().saturating_sub(1);
+            self.blocked.set_alive(alive);
+            if self.blocked.count() > 0 && self.blocked.count() >= alive {
+                self.blocked.set_alive(alive + 1);
+                return false;
+            }
+            slot.serving = false;
+        }
+        slot.retiring = true;
+        if let Some(retire) = slot.retire.take() {
+            retire.retire();
+        }
+        true
     }
 }

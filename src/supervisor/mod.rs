@@ -22,6 +22,9 @@ use crate::worker::{Retire, Slot as SlotIo, SpawnWorker};
 
 mod elastic;
 
+/// How soon a resize that had to wait tries again.
+const RESIZE_RETRY: Duration = Duration::from_millis(2);
+
 /// How often an elastic pool checks whether to grow or shrink.
 const ELASTIC_CHECK: Duration = Duration::from_millis(5);
 
@@ -213,6 +216,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         } else {
             never()
         };
+        // A resize that could not finish yet (a retirement waiting for a re-entrant call).
+        let mut retry = never();
         // While a shutdown waits for submits in progress to finish: a short poll.
         let mut quiesce = never();
 
@@ -261,8 +266,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                 recv(resize) -> _ => {
                     // The target was stored by `resize`; several requests fold into one.
                     while self.resize.try_recv().is_ok() {}
-                    self.apply_target(&mut slots);
+                    retry = self.resize_retry(&mut slots);
                 }
+                recv(retry) -> _ => retry = self.resize_retry(&mut slots),
                 recv(elastic) -> _ => self.elastic_check(&mut slots),
                 recv(register) -> handle => match handle {
                     Ok(handle) => self.track(handle),
@@ -305,6 +311,15 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             cancelled,
         });
         Outcome { unstarted }
+    }
+
+    /// Applies the target size; a timer to try again if it could not finish.
+    fn resize_retry(&mut self, slots: &mut Vec<Slot>) -> Receiver<Instant> {
+        if self.apply_target(slots) {
+            never()
+        } else {
+            after(RESIZE_RETRY)
+        }
     }
 
     /// Keeps a new submitter handle's liveness counter, dropping those of handles that are
