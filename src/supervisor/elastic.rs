@@ -140,11 +140,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         } else if let Some((i, idle)) = idle_longest
             && idle >= keep_alive
             && active.len() > min
+            && self.retire(&mut slots[i])
         {
-            if self.retire(&mut slots[i]) {
-                self.target.store(active.len() - 1, Ordering::SeqCst);
-                slots[i].idle_since = None;
-            }
+            self.target.store(active.len() - 1, Ordering::SeqCst);
+            slots[i].idle_since = None;
         }
     }
 
