@@ -217,6 +217,25 @@
 //! # Ok::<(), channel_orchestrator::BuildError>(())
 //! ```
 //!
+//! # Resizing and elastic pools
+//!
+//! [`Orchestrator::resize`] changes the number of workers while the pool runs: growing starts
+//! workers (their `init` runs), shrinking retires the newest after their running job. With
+//! [`Builder::elastic`] the pool sizes itself: it grows toward `max` while requests wait and
+//! every worker is busy, and retires workers idle longer than
+//! [`keep_alive`](Builder::keep_alive). Pools with per-key queues keep their size.
+//!
+//! ```
+//! use channel_orchestrator::{Orchestrator, ResizeError};
+//!
+//! let (orch, _responses) = Orchestrator::builder().workers(2).build(|x: u32| x + 1)?;
+//! orch.resize(4).unwrap();
+//! assert_eq!(orch.workers(), 4);
+//! assert_eq!(orch.resize(0), Err(ResizeError::Zero));
+//! assert_eq!(orch.call(1), Ok(2));
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
 //! # Calling back into the same pool
 //!
 //! A handler may submit to, and `call`, its own pool (through a [`Submitter`] it captured).
