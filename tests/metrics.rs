@@ -817,8 +817,10 @@ fn the_default_timing_rate_adapts_to_the_job_length() {
         for _ in 0..20 {
             orch.submit(2_000).unwrap();
         }
-        let m = wait_for(&orch, "long jobs counted", |m| m.completed == n + 20);
+        wait_for(&orch, "long jobs counted", |m| m.completed == n + 20);
+        // Idle for a few intervals: the latency reports of those jobs are all in.
         thread::sleep(interval * 3);
+        let m = orch.metrics();
         for _ in 0..10 {
             orch.submit(2_000).unwrap();
         }
