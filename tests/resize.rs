@@ -42,6 +42,9 @@ fn added_and_retired(
     (added, retired)
 }
 
+/// Ports the JSR-166 TCK's `testSetCorePoolSize` / `testSetMaximumPoolSize` (the size
+/// changes at run time and the pool really runs that many at once) and
+/// `testGetPoolSize` after a change (the thread count follows).
 #[test]
 fn resize_grows_and_shrinks_the_pool_and_loses_nothing() {
     for (round, dist) in [Distribution::Shared, Distribution::RoundRobin]
@@ -96,6 +99,9 @@ fn resize_grows_and_shrinks_the_pool_and_loses_nothing() {
     }
 }
 
+/// Ports `testSetCorePoolSize_IllegalArgumentException` and
+/// `testSetMaximumPoolSize_IllegalArgumentException` (a size of 0, or above the limit, is
+/// refused and changes nothing), and `testSetCorePoolSize` after `shutdown` (refused).
 #[test]
 fn resize_refuses_zero_too_large_per_key_queues_and_a_shut_down_pool() {
     let (orch, _r) = Orchestrator::builder().workers(2).build(|x: u8| x).unwrap();
@@ -124,6 +130,8 @@ fn resize_refuses_zero_too_large_per_key_queues_and_a_shut_down_pool() {
     assert_eq!(keyed.workers(), 2);
 }
 
+/// Ports the TCK's constructor checks (`testConstructor3` … `testConstructor10`: a core
+/// size below 0, a maximum below the core size, a keep-alive below 0 are refused).
 #[test]
 fn elastic_settings_are_checked_at_build() {
     let kind = |r: Result<_, channel_orchestrator::BuildError>| r.map(|_| ()).unwrap_err().kind();
@@ -155,6 +163,8 @@ fn elastic_settings_are_checked_at_build() {
     );
 }
 
+/// Ports `testAllowCoreThreadTimeOut_true` in spirit (idle workers above the minimum time
+/// out after the keep-alive) and the TCK's growth toward the maximum under load.
 #[test]
 fn an_elastic_pool_grows_under_load_and_shrinks_back_after_keep_alive() {
     let name = "rze";
