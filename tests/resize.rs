@@ -130,8 +130,9 @@ fn resize_refuses_zero_too_large_per_key_queues_and_a_shut_down_pool() {
     assert_eq!(keyed.workers(), 2);
 }
 
-/// Ports the TCK's constructor checks (`testConstructor3` … `testConstructor10`: a core
-/// size below 0, a maximum below the core size, a keep-alive below 0 are refused).
+/// Ports the TCK's constructor checks (`testConstructor3` … `testConstructor10`: a maximum
+/// below the core size, or a keep-alive that cannot hold, is refused). Unlike Java's, our
+/// minimum is 1: a pool always has a worker.
 #[test]
 fn elastic_settings_are_checked_at_build() {
     let kind = |r: Result<_, channel_orchestrator::BuildError>| r.map(|_| ()).unwrap_err().kind();
