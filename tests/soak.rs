@@ -365,6 +365,17 @@ fn soak(requests: u64) {
     // Latencies are sampled (adaptively, by default): a uniform sample, never more than
     // every job.
     assert!(m.latency.count > 0 && m.latency.count <= requests, "{m:#?}");
+    // A short run can end before the stalled subscriber's 17th event (then its spare slot
+    // would take the summary): wait until its buffer is full, then for one more broadcast,
+    // which evicts it (a probe subscribed after that moment sees an event of it, or later).
+    let deadline = Instant::now() + WAIT;
+    while stalled.len() < 16 {
+        assert!(Instant::now() < deadline, "the stalled subscriber never filled up");
+        thread::sleep(INTERVAL);
+    }
+    let probe = orch.subscribe();
+    assert!(probe.recv_timeout(WAIT).is_ok(), "no broadcast after the stall");
+    drop(probe);
     let end_kb = rss_kb();
     let report = orch.shutdown();
     let elapsed = started.elapsed();
