@@ -129,7 +129,9 @@ fn main() {
         "PRODUCERS",
         if quick { &[1, 2] } else { &default_producers },
     );
-    let default_workers = [1, 2, cpus];
+    let mut default_workers = vec![1, 2, cpus];
+    default_workers.sort_unstable();
+    default_workers.dedup();
     let workers = env_list("WORKERS", if quick { &[1] } else { &default_workers });
     let workloads: Vec<Workload> = std::env::var("WORKLOADS")
         .unwrap_or_else(|_| {

@@ -370,11 +370,17 @@ fn soak(requests: u64) {
     // which evicts it (a probe subscribed after that moment sees an event of it, or later).
     let deadline = Instant::now() + WAIT;
     while stalled.len() < 16 {
-        assert!(Instant::now() < deadline, "the stalled subscriber never filled up");
+        assert!(
+            Instant::now() < deadline,
+            "the stalled subscriber never filled up"
+        );
         thread::sleep(INTERVAL);
     }
     let probe = orch.subscribe();
-    assert!(probe.recv_timeout(WAIT).is_ok(), "no broadcast after the stall");
+    assert!(
+        probe.recv_timeout(WAIT).is_ok(),
+        "no broadcast after the stall"
+    );
     drop(probe);
     let end_kb = rss_kb();
     let report = orch.shutdown();
