@@ -69,18 +69,63 @@ pub(crate) fn message_of(payload: Box<dyn Any + Send>) -> String {
     message
 }
 
+/// How many nested panic payloads [`drop_quietly`] drops before it leaks the next one.
+const PAYLOAD_DEPTH: usize = 8;
+
 /// Drops a user value (an undelivered response, a request, a state, a panic payload) so that
-/// a panic in its `Drop` cannot kill this thread; that panic's own payload is leaked, since
-/// dropping it could panic again.
+/// a panic in its `Drop` cannot kill this thread. That panic's payload (usually a message) is
+/// dropped the same way, and so on; only a payload chain deeper than [`PAYLOAD_DEPTH`], which
+/// takes payloads built to panic on drop, is leaked (one allocation per such drop).
 pub(crate) fn drop_quietly<T>(value: T) {
-    if let Err(again) = panic::catch_unwind(AssertUnwindSafe(|| drop(value))) {
-        std::mem::forget(again);
+    let Err(mut payload) = panic::catch_unwind(AssertUnwindSafe(|| drop(value))) else {
+        return;
+    };
+    for _ in 0..PAYLOAD_DEPTH {
+        match panic::catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+            Ok(()) => return,
+            Err(again) => payload = again,
+        }
     }
+    std::mem::forget(payload);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_panicking_drop_has_its_payload_dropped_not_leaked() {
+        static PAYLOADS_DROPPED: AtomicUsize = AtomicUsize::new(0);
+        struct Payload;
+        impl Drop for Payload {
+            fn drop(&mut self) {
+                PAYLOADS_DROPPED.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        struct Hostile;
+        impl Drop for Hostile {
+            fn drop(&mut self) {
+                std::panic::panic_any(Payload);
+            }
+        }
+        drop_quietly(Hostile);
+        assert_eq!(PAYLOADS_DROPPED.load(Ordering::SeqCst), 1);
+
+        // A payload whose own drop panics: dropped too, down the chain.
+        static CHAIN_DROPPED: AtomicUsize = AtomicUsize::new(0);
+        struct Chain(usize);
+        impl Drop for Chain {
+            fn drop(&mut self) {
+                CHAIN_DROPPED.fetch_add(1, Ordering::SeqCst);
+                if self.0 > 0 {
+                    std::panic::panic_any(Chain(self.0 - 1));
+                }
+            }
+        }
+        drop_quietly(Chain(3));
+        assert_eq!(CHAIN_DROPPED.load(Ordering::SeqCst), 4);
+    }
 
     #[test]
     fn payloads_keep_their_text_or_say_their_type() {

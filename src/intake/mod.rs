@@ -102,8 +102,8 @@ pub(crate) struct Shared<Req, Resp> {
     /// steady state, so the per-submit load costs no contention; polling `closed` instead
     /// would take crossbeam's internal lock on every submit.
     pub(crate) closing: AtomicBool,
-    /// The next request id. One `Relaxed` `fetch_add` per accepted submit: ids only need to
-    /// be unique, and the queue's own send already touches a line every producer shares.
+    /// The start of the next block of request ids: one `Relaxed` `fetch_add` per
+    /// [`ID_BLOCK`] submits of a thread (see [`Handle::next_id`]); ids only need to be unique.
     pub(crate) next_id: AtomicU64,
     pub(crate) counters: Arc<Counters>,
     /// Which jobs are timed (a clock read at submit, two in the worker): those whose id has
