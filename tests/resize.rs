@@ -162,6 +162,23 @@ fn elastic_settings_are_checked_at_build() {
         ),
         BuildErrorKind::ElasticByKey
     );
+    assert_eq!(
+        kind(
+            Orchestrator::builder()
+                .elastic(1, usize::MAX)
+                .build(|x: u8| x)
+        ),
+        BuildErrorKind::TooManyWorkers
+    );
+    // The longest keep-alive is only ever compared with: it builds, serves and shuts down.
+    let (orch, _responses) = Orchestrator::builder()
+        .elastic(1, 2)
+        .keep_alive(Duration::MAX)
+        .build(|x: u8| x)
+        .expect("the longest keep-alive is valid");
+    assert_eq!(orch.call(7), Ok(7));
+    let report = orch.shutdown();
+    assert_eq!((report.completed, report.unstarted.len()), (1, 0));
 }
 
 /// Ports `testAllowCoreThreadTimeOut_true` in spirit (idle workers above the minimum time
