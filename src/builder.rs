@@ -8,8 +8,9 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use crate::config::{
-    DEFAULT_KEEP_ALIVE, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
-    MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
+    DEFAULT_KEEP_ALIVE, DEFAULT_METRICS_INTERVAL, DEFAULT_PRIORITY_BURST, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_THREAD_NAME, MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS,
+    MIN_STACK_SIZE,
 };
 use crate::context::JobContext;
 use crate::distribution::{IntoDistribution, Spread};
@@ -59,6 +60,7 @@ pub struct Builder<Req = (), Resp = ()> {
     metrics: Option<bool>,
     timing_sample: Option<usize>,
     stack_size: Option<usize>,
+    priority_burst: Option<usize>,
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
@@ -76,6 +78,7 @@ impl<Req, Resp> Default for Builder<Req, Resp> {
             metrics: None,
             timing_sample: None,
             stack_size: None,
+            priority_burst: None,
             _types: PhantomData,
         }
     }
@@ -105,6 +108,7 @@ impl<Req, Resp> fmt::Debug for Builder<Req, Resp> {
             .field("metrics", &self.metrics)
             .field("timing_sample", &self.timing_sample)
             .field("stack_size", &self.stack_size)
+            .field("priority_burst", &self.priority_burst)
             .finish()
     }
 }
@@ -149,6 +153,7 @@ impl<Req, Resp> Builder<Req, Resp> {
             metrics: self.metrics,
             timing_sample: self.timing_sample,
             stack_size: self.stack_size,
+            priority_burst: self.priority_burst,
             _types: PhantomData,
         }
     }
@@ -267,6 +272,37 @@ impl<Req, Resp> Builder<Req, Resp> {
         self
     }
 
+    /// The starvation bound of [priorities](crate::Priority): after `k` requests of a more
+    /// urgent priority in a row have passed a waiting request, a worker takes that waiting
+    /// request next. Default: 8 (a `Low` request under a flood of `High` ones gets at least
+    /// one worker turn in 9). Smaller is fairer, larger is stricter; `usize::MAX` is strict
+    /// priority, which can starve. The count is per worker. `0` makes `build` fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use channel_orchestrator::{Orchestrator, Priority};
+    ///
+    /// let (orch, responses) = Orchestrator::builder()
+    ///     .workers(1)
+    ///     .priority_burst(2)
+    ///     .build(|x: u32| x)?;
+    /// orch.submit(0).unwrap(); // occupies the worker while the rest queue up
+    /// orch.submit_with_priority(100, Priority::Low).unwrap();
+    /// for i in 1..=6 {
+    ///     orch.submit_with_priority(i, Priority::High).unwrap();
+    /// }
+    /// let order: Vec<u32> = responses.iter().take(8).map(|r| r.outcome.unwrap()).collect();
+    /// // At most 2 `High` requests in a row passed the waiting `Low` one.
+    /// let low_at = order.iter().position(|&x| x == 100).unwrap();
+    /// assert!(low_at <= 3, "{order:?}");
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn priority_burst(mut self, k: usize) -> Self {
+        self.priority_burst = Some(k);
+        self
+    }
+
     /// The stack size of worker threads, in bytes. Default: std's default (2 MiB). Below
     /// [`MIN_STACK_SIZE`] makes `build` fail; a size the system cannot give fails `build`
     /// with the spawn's I/O error.
@@ -324,6 +360,10 @@ impl<Req, Resp> Builder<Req, Resp> {
             Some(n) => Some(n.min(MAX_TIMING_SAMPLE).next_power_of_two()),
             None => None,
         };
+        let priority_burst = self.priority_burst.unwrap_or(DEFAULT_PRIORITY_BURST);
+        if priority_burst == 0 {
+            return Err(BuildError::new(Detail::ZeroPriorityBurst));
+        }
         if self.stack_size.is_some_and(|b| b < MIN_STACK_SIZE) {
             return Err(BuildError::new(Detail::StackSize));
         }
@@ -347,6 +387,7 @@ impl<Req, Resp> Builder<Req, Resp> {
             metrics_interval,
             metrics: self.metrics.unwrap_or(true),
             timing_sample,
+            priority_burst,
             stack_size: self.stack_size,
         })
     }

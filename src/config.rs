@@ -29,5 +29,9 @@ pub const MIN_STACK_SIZE: usize = 64 * 1024;
 /// The default prefix of thread names.
 pub const DEFAULT_THREAD_NAME: &str = "orchestrator";
 
+/// The default [`Builder::priority_burst`](crate::Builder::priority_burst): a waiting
+/// request lets at most this many more urgent ones pass in a row.
+pub const DEFAULT_PRIORITY_BURST: usize = 8;
+
 /// How long a worker above an elastic pool's minimum may stay idle by default.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(60);

@@ -367,6 +367,8 @@ pub enum BuildErrorKind {
     ZeroMetricsInterval,
     /// `timing_sample` is 0.
     ZeroTimingSample,
+    /// `priority_burst` is 0.
+    ZeroPriorityBurst,
     /// `stack_size` is below [`MIN_STACK_SIZE`](crate::MIN_STACK_SIZE).
     StackTooSmall,
     /// `elastic(min, max)` with `min > max`.
@@ -394,6 +396,7 @@ pub(crate) enum Detail {
     ZeroQueueCapacity,
     ZeroMetricsInterval,
     ZeroTimingSample,
+    ZeroPriorityBurst,
     EmptyThreadName,
     NulInThreadName,
     TooManyWorkers,
@@ -438,6 +441,7 @@ impl BuildError {
             Detail::ZeroQueueCapacity => BuildErrorKind::ZeroQueueCapacity,
             Detail::ZeroMetricsInterval => BuildErrorKind::ZeroMetricsInterval,
             Detail::ZeroTimingSample => BuildErrorKind::ZeroTimingSample,
+            Detail::ZeroPriorityBurst => BuildErrorKind::ZeroPriorityBurst,
             Detail::EmptyThreadName => BuildErrorKind::EmptyThreadName,
             Detail::NulInThreadName => BuildErrorKind::NulInThreadName,
             Detail::TooManyWorkers => BuildErrorKind::TooManyWorkers,
@@ -466,6 +470,9 @@ impl fmt::Display for BuildError {
             }
             Detail::ZeroTimingSample => {
                 f.write_str("invalid configuration: timing_sample must be at least 1")
+            }
+            Detail::ZeroPriorityBurst => {
+                f.write_str("invalid configuration: priority_burst must be at least 1")
             }
             Detail::EmptyThreadName => {
                 f.write_str("invalid configuration: thread_name must not be empty")

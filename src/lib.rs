@@ -296,18 +296,22 @@ mod config;
 mod context;
 mod distribution;
 mod error;
+mod gate;
 mod ids;
 mod intake;
+mod limited;
 mod message;
 mod metrics;
 mod metrics_thread;
 mod orchestrator;
 mod pipeline;
+mod priority;
 mod process;
 mod reentry;
 mod report;
 mod response;
 mod runtime;
+mod submitting;
 mod supervisor;
 mod unwind;
 mod worker;
@@ -316,8 +320,9 @@ pub use crossbeam_channel;
 
 pub use crate::builder::Builder;
 pub use crate::config::{
-    DEFAULT_KEEP_ALIVE, DEFAULT_METRICS_INTERVAL, DEFAULT_QUEUE_CAPACITY, DEFAULT_THREAD_NAME,
-    MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS, MIN_STACK_SIZE,
+    DEFAULT_KEEP_ALIVE, DEFAULT_METRICS_INTERVAL, DEFAULT_PRIORITY_BURST, DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_THREAD_NAME, MAX_METRICS_INTERVAL, MAX_QUEUE_CAPACITY, MAX_TIMING_SAMPLE, MAX_WORKERS,
+    MIN_STACK_SIZE,
 };
 pub use crate::context::JobContext;
 pub use crate::distribution::{ByKey, Distribution, IntoDistribution};
@@ -326,12 +331,14 @@ pub use crate::error::{
     SubmitTimeoutError, TrySubmitError,
 };
 pub use crate::ids::{RequestId, WorkerId};
+pub use crate::limited::Limited;
 pub use crate::metrics::{
-    LatencySummary, MetricsEvent, MetricsSnapshot, WorkerEvent, WorkerEventKind, WorkerSnapshot,
-    WorkerState,
+    LatencySummary, LimitSnapshot, MetricsEvent, MetricsSnapshot, WorkerEvent, WorkerEventKind,
+    WorkerSnapshot, WorkerState,
 };
 pub use crate::orchestrator::{Orchestrator, Submitter};
 pub use crate::pipeline::{Pipeline, PipelineBuilder, PipelineSnapshot, PipelineSubmitter};
+pub use crate::priority::{ByPriority, Priority};
 pub use crate::process::{Process, ProcessOrdered};
 pub use crate::report::{ShutdownReport, ShutdownSummary};
 pub use crate::response::Response;

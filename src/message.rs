@@ -24,6 +24,7 @@ use crossbeam_channel::Sender;
 use crate::error::CallError;
 use crate::ids::RequestId;
 use crate::metrics::{Histogram, MetricsEvent, MetricsSnapshot, WorkerEventKind};
+use crate::priority::LANES;
 use crate::response::Response;
 use crate::unwind::drop_quietly;
 
@@ -198,7 +199,11 @@ pub(crate) struct StatsDelta {
     /// Stream requests sent to the supervisor as `Unstarted`.
     pub(crate) handed_back: u64,
     pub(crate) handler: Histogram,
+    /// Queue wait of `Normal` jobs while no other lane is in use.
     pub(crate) wait: Histogram,
+    /// Queue wait per lane, once priorities or limits are in use (boxed: allocated once per
+    /// report, and only then; a report stays small enough for small worker stacks).
+    pub(crate) wait_by_lane: Option<Box<[Histogram; LANES]>>,
     /// Whether the worker is in the middle of a job (or has more queued) at report time.
     pub(crate) busy: bool,
     /// When the job in progress at report time started, if one is (the metrics thread credits
@@ -238,6 +243,12 @@ impl StatsDelta {
         self.handed_back += d.handed_back;
         self.handler.merge(&d.handler);
         self.wait.merge(&d.wait);
+        if let Some(theirs) = &d.wait_by_lane {
+            let mine = self.wait_by_lane.get_or_insert_with(Box::default);
+            for (mine, theirs) in mine.iter_mut().zip(theirs.iter()) {
+                mine.merge(theirs);
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::ids::{RequestId, WorkerId};
+use crate::priority::ByPriority;
 use crate::report::ShutdownSummary;
 
 /// A point-in-time view of the whole orchestrator, as [`Orchestrator::metrics`] returns it and
@@ -56,6 +57,12 @@ pub struct MetricsSnapshot {
     pub latency: LatencySummary,
     /// Time from submit to the start of the handler, of every started job since the start.
     pub queue_wait: LatencySummary,
+    /// `queued`, per [`Priority`](crate::Priority) (requests waiting at a
+    /// [limit](crate::Orchestrator::limited) count at the priority they were submitted with).
+    pub queued_by_priority: ByPriority<u64>,
+    /// `queue_wait`, per [`Priority`](crate::Priority): how long requests of each priority
+    /// waited (for a limited request, its wait at the limit included).
+    pub queue_wait_by_priority: ByPriority<LatencySummary>,
     /// Subscribers evicted so far because their buffer was full (one whose receiver was
     /// dropped while full counts here too: without a send the two look alike).
     pub evicted_subscribers: u64,
@@ -112,6 +119,21 @@ impl fmt::Display for WorkerState {
             WorkerState::Retired => "retired",
         })
     }
+}
+
+/// The live counts of one concurrency limit, as [`Limited::metrics`] returns them.
+///
+/// [`Limited::metrics`]: crate::Limited::metrics
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct LimitSnapshot {
+    /// The limit: the most of its requests that may be past it at once.
+    pub limit: usize,
+    /// Its requests past the limit now: running, or handed to a worker's queue to run next.
+    /// Never above `limit`.
+    pub in_flight: usize,
+    /// Its requests waiting for their turn (they hold no worker).
+    pub queued: usize,
 }
 
 /// Percentiles of a set of durations. Values are exact for durations under 8 ns and within

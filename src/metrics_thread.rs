@@ -26,6 +26,7 @@ use crate::metrics::{
     Histogram, MetricsEvent, MetricsSnapshot, WorkerEvent, WorkerEventKind, WorkerSnapshot,
     WorkerState,
 };
+use crate::priority::{ByPriority, LANES, NORMAL};
 use crate::report::ShutdownSummary;
 
 /// The counters that submitting handles share with the metrics thread.
@@ -42,8 +43,9 @@ pub(crate) struct Counters {
     pub(crate) undelivered: AtomicU64,
 }
 
-/// Reads the number of queued requests (the sum of the queues' `len()`).
-pub(crate) type QueueLen = Box<dyn Fn() -> usize + Send>;
+/// Reads the number of queued requests per priority lane (the sum of the queues' `len()`,
+/// and of the requests waiting at limits).
+pub(crate) type QueueLen = Box<dyn Fn() -> [u64; LANES] + Send>;
 
 struct Subscriber {
     tx: Sender<MetricsEvent>,
@@ -160,7 +162,8 @@ struct State {
     seq: u64,
     workers: Vec<WorkerTotals>,
     handler: Histogram,
-    wait: Histogram,
+    /// Queue wait per priority lane.
+    wait: [Histogram; LANES],
     evicted: u64,
     /// The largest `submitted` reported so far: it is derived, and must never go backwards.
     submitted: u64,
@@ -214,7 +217,7 @@ impl MetricsThread {
                 })
                 .collect(),
             handler: Histogram::default(),
-            wait: Histogram::default(),
+            wait: Default::default(),
             evicted: 0,
             submitted: 0,
             last_tick: self.started,
@@ -316,7 +319,8 @@ impl MetricsThread {
             .collect();
         // Read after the taken counts: a job that moves from a queue to a worker in between
         // is counted in neither, never in both, so `submitted` never overshoots.
-        let queued = (self.queue_len)() as u64;
+        let by_lane = (self.queue_len)();
+        let queued = by_lane.iter().sum();
         let mut sum = StatsDelta::default();
         let mut in_flight = 0;
         for (&(taken, completed, failed, running), w) in counts.iter().zip(&st.workers) {
@@ -355,7 +359,15 @@ impl MetricsThread {
             in_flight,
             throughput: st.throughput,
             latency: st.handler.summary(),
-            queue_wait: st.wait.summary(),
+            queue_wait: {
+                let mut all = Histogram::default();
+                st.wait.iter().for_each(|h| all.merge(h));
+                all.summary()
+            },
+            queued_by_priority: ByPriority::from_lanes(by_lane),
+            queue_wait_by_priority: ByPriority::from_lanes(
+                st.wait.each_ref().map(Histogram::summary),
+            ),
             evicted_subscribers: st.evicted,
             subscribers: st.subscribers.len(),
             workers: st
@@ -458,7 +470,12 @@ impl State {
             }
         }
         self.handler.merge(&delta.handler);
-        self.wait.merge(&delta.wait);
+        self.wait[NORMAL].merge(&delta.wait);
+        if let Some(theirs) = &delta.wait_by_lane {
+            for (mine, theirs) in self.wait.iter_mut().zip(theirs.iter()) {
+                mine.merge(theirs);
+            }
+        }
     }
 
     fn worker_event(&mut self, worker: usize, kind: WorkerEventKind) {

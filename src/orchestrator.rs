@@ -15,13 +15,16 @@ use crate::error::{
     CallError, CallTimeoutError, ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError,
 };
 use crate::ids::RequestId;
-use crate::intake::{Handle, Intake};
+use crate::intake::{Dest, Handle, Intake};
+use crate::limited::Limited;
 use crate::message::{Job, Route, Shutdown};
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
+use crate::priority::NORMAL;
 use crate::process::{Feeder, MakeJob, Process, ProcessOrdered, Tag};
 use crate::report::ShutdownReport;
 use crate::response::Response;
 use crate::runtime::{DEFAULT_SUBSCRIBER_CAPACITY, Parts, Running, deadline_after};
+use crate::submitting::submitting_methods;
 use crate::unwind::drop_quietly;
 
 /// A pool of worker threads behind a bounded queue; see the [crate docs](crate) for a tour.
@@ -91,145 +94,6 @@ impl<Req, Resp> Clone for Submitter<Req, Resp> {
     }
 }
 
-/// The submitting methods, identical on [`Orchestrator`] and [`Submitter`]. `$intake` runs
-/// a closure with the open intake (or `None` once shut down).
-macro_rules! submitting_methods {
-    ($intake:ident) => {
-        /// Submits a request for the shared responses channel, blocking while the queue is
-        /// full.
-        ///
-        /// # Errors
-        ///
-        /// `SubmitError::ShutDown(req)` if the orchestrator is shutting down; the request
-        /// comes back.
-        ///
-        /// # Examples
-        ///
-        /// ```
-        /// let (orch, responses) = channel_orchestrator::Orchestrator::builder().build(|x: i32| -x)?;
-        /// let id = orch.submit(7).unwrap();
-        /// let response = responses.recv().unwrap();
-        /// assert_eq!((response.id, response.outcome), (id, Ok(-7)));
-        /// # Ok::<(), channel_orchestrator::BuildError>(())
-        /// ```
-        pub fn submit(&self, req: Req) -> Result<RequestId, SubmitError<Req>> {
-            self.$intake(|intake| self.handle.submit(intake, req, None))
-        }
-
-        /// As [`submit`](Self::submit), for a request that is worth running only before
-        /// `deadline`: a worker that takes it later answers `Err(JobError::DeadlineExceeded)`
-        /// without running it (counted in `failed`). Handlers built with
-        /// [`build_with_context`](crate::Builder::build_with_context) see the deadline in
-        /// their context.
-        ///
-        /// # Errors
-        ///
-        /// `SubmitError::ShutDown(req)` if the orchestrator is shutting down.
-        pub fn submit_with_deadline(
-            &self,
-            req: Req,
-            deadline: Instant,
-        ) -> Result<RequestId, SubmitError<Req>> {
-            self.$intake(|intake| self.handle.submit(intake, req, Some(deadline)))
-        }
-
-        /// Submits a request without blocking.
-        ///
-        /// # Errors
-        ///
-        /// `TrySubmitError::Full(req)` if every queue is full, `TrySubmitError::ShutDown(req)`
-        /// if the orchestrator is shutting down; the request comes back either way.
-        pub fn try_submit(&self, req: Req) -> Result<RequestId, TrySubmitError<Req>> {
-            self.$intake(|intake| self.handle.try_submit(intake, req))
-        }
-
-        /// Submits a request, blocking at most `timeout` while the queue is full. A zero
-        /// timeout behaves like `try_submit` (reporting `Timeout` instead of `Full`).
-        ///
-        /// # Errors
-        ///
-        /// `SubmitTimeoutError::Timeout(req)` if no space freed up in time,
-        /// `SubmitTimeoutError::ShutDown(req)` if the orchestrator is shutting down.
-        pub fn submit_timeout(
-            &self,
-            req: Req,
-            timeout: Duration,
-        ) -> Result<RequestId, SubmitTimeoutError<Req>> {
-            self.$intake(|intake| self.handle.submit_timeout(intake, req, timeout))
-        }
-
-        /// Runs a request and waits for its answer, which comes back on a private route,
-        /// never on the shared responses channel. Blocks while the queue is full, then until
-        /// the handler finishes. Allocates nothing in steady state (reply channels are
-        /// pooled). From inside one of this pool's own handlers it never deadlocks: see the
-        /// crate docs, "Calling back into the same pool".
-        ///
-        /// # Errors
-        ///
-        /// - `CallError::ShutDown(req)`: the orchestrator is shutting down; not accepted.
-        /// - `CallError::Cancelled(req)`: accepted, but `shutdown_now` (or an expired
-        ///   `shutdown_timeout`) took it off the queue before it started.
-        /// - `CallError::Failed(JobError::Panicked(msg))`: the handler panicked (or
-        ///   `WorkerDied`: its worker thread died outside the handler).
-        ///
-        /// # Examples
-        ///
-        /// ```
-        /// use channel_orchestrator::{CallError, JobError, Orchestrator};
-        ///
-        /// let (orch, _responses) = Orchestrator::builder().workers(1).build(|x: u32| {
-        ///     assert!(x != 0, "zero is not allowed");
-        ///     100 / x
-        /// })?;
-        /// assert_eq!(orch.call(5), Ok(20));
-        /// match orch.call(0) {
-        ///     Err(CallError::Failed(JobError::Panicked(msg))) => assert!(msg.contains("zero")),
-        ///     other => panic!("unexpected {other:?}"),
-        /// }
-        /// assert_eq!(orch.call(50), Ok(2)); // the worker survived
-        /// # Ok::<(), channel_orchestrator::BuildError>(())
-        /// ```
-        pub fn call(&self, req: Req) -> Result<Resp, CallError<Req>> {
-            // The intake is held only while enqueueing, not while waiting for the answer.
-            let (rx, _blocked) = self.$intake(|intake| self.handle.call_begin(intake, req))?;
-            self.handle.call_wait(rx)
-        }
-
-        /// As [`call`](Self::call), waiting at most `timeout` in all: for queue space, then
-        /// for the answer. The request carries the deadline, so a worker that takes it after
-        /// the deadline does not run it.
-        ///
-        /// # Errors
-        ///
-        /// As [`call`](Self::call), plus `CallTimeoutError::Timeout(req)` (no queue space in
-        /// time: not accepted) and `CallTimeoutError::Expired` (accepted, no answer in time).
-        ///
-        /// # Examples
-        ///
-        /// ```
-        /// use channel_orchestrator::{CallTimeoutError, Orchestrator};
-        /// use std::time::Duration;
-        ///
-        /// let (orch, _responses) = Orchestrator::builder()
-        ///     .workers(1)
-        ///     .build(|ms: u64| std::thread::sleep(Duration::from_millis(ms)))?;
-        /// assert_eq!(orch.call_timeout(1, Duration::from_secs(5)), Ok(()));
-        /// let slow = orch.call_timeout(200, Duration::from_millis(10));
-        /// assert!(matches!(slow, Err(CallTimeoutError::Expired)));
-        /// # Ok::<(), channel_orchestrator::BuildError>(())
-        /// ```
-        pub fn call_timeout(
-            &self,
-            req: Req,
-            timeout: Duration,
-        ) -> Result<Resp, CallTimeoutError<Req>> {
-            let deadline = deadline_after(timeout);
-            let rx = self.$intake(|intake| self.handle.call_timed_begin(intake, req, deadline))?;
-            self.handle.call_timed_wait(rx, deadline)
-        }
-    };
-}
-
 impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// Wraps a started pool; returns it with the receiver of its responses.
     pub(crate) fn from_parts(parts: Parts<Req, Resp>) -> (Self, Receiver<Response<Resp>>) {
@@ -251,6 +115,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
 
     fn with_intake<T>(&self, f: impl FnOnce(Option<&Intake<Req, Resp>>) -> T) -> T {
         f(self.running.is_some().then(|| self.handle.intake()))
+    }
+
+    fn dest(&self, lane: usize) -> Dest<'static, Req, Resp> {
+        Dest::Lane(lane)
     }
 
     submitting_methods!(with_intake);
@@ -369,6 +237,70 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         Submitter {
             handle: self.handle.fork(),
         }
+    }
+
+    /// A handle through which at most `k` requests run at once, on this pool's workers:
+    /// a concurrency limit inside the pool, like a sub-pool of `k` (at most 4 requests may
+    /// talk to the database, at most 2 may call a rate-limited API).
+    ///
+    /// The handle (`Clone + Send + Sync + 'static`) has the submitting methods of a
+    /// [`Submitter`]; its clones share the limit, and each call of `limited` makes a new,
+    /// independent one. A request over the limit waits in the limit's own queue (of
+    /// `queue_capacity` requests; see [`limited_with_capacity`](Self::limited_with_capacity))
+    /// **without holding a worker**: the pool's workers serve everything else meanwhile.
+    /// Once a request of the limit finishes, the oldest waiting one is passed to the pool's
+    /// queues at its priority, ahead of requests of that priority that did not wait at a
+    /// limit. Responses go to the same responses channel; `call` answers come back to
+    /// the caller. Everything else holds as for any request: back-pressure (a blocking
+    /// submit waits while the limit's queue is full, `try_submit` reports `Full`), the
+    /// shutdowns (a graceful one runs what waits at the limit, `shutdown_now` hands it back
+    /// in `unstarted`), metrics ([`Limited::metrics`]).
+    ///
+    /// Within a limit, requests start in submit order. A handler that calls into the limit it
+    /// runs under (`call`, or a blocking submit into its full queue) does not wait for
+    /// itself: the request runs nested in the caller, under the caller's permit.
+    ///
+    /// # Panics
+    ///
+    /// If `k` is 0: a limit that lets nothing run is a bug, not a configuration.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// use channel_orchestrator::Orchestrator;
+    ///
+    /// let running = Arc::new(AtomicUsize::new(0));
+    /// let most = Arc::new(AtomicUsize::new(0));
+    /// let (r, m) = (running.clone(), most.clone());
+    /// let (orch, responses) = Orchestrator::builder().workers(4).build(move |ms: u64| {
+    ///     let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+    ///     m.fetch_max(now, Ordering::SeqCst);
+    ///     std::thread::sleep(std::time::Duration::from_millis(ms));
+    ///     r.fetch_sub(1, Ordering::SeqCst);
+    /// })?;
+    /// let database = orch.limited(2); // at most 2 at once
+    /// for _ in 0..8 {
+    ///     database.submit(5).unwrap();
+    /// }
+    /// assert_eq!(responses.iter().take(8).count(), 8);
+    /// assert!(most.load(Ordering::SeqCst) <= 2);
+    /// # Ok::<(), channel_orchestrator::BuildError>(())
+    /// ```
+    pub fn limited(&self, k: usize) -> Limited<Req, Resp> {
+        Limited::new(&self.handle, k, self.queue_capacity)
+    }
+
+    /// As [`limited`](Self::limited), with room for `capacity` waiting requests.
+    ///
+    /// # Panics
+    ///
+    /// If `k` or `capacity` is 0, or `capacity` is above
+    /// [`MAX_QUEUE_CAPACITY`](crate::MAX_QUEUE_CAPACITY).
+    pub fn limited_with_capacity(&self, k: usize, capacity: usize) -> Limited<Req, Resp> {
+        Limited::new(&self.handle, k, capacity)
     }
 
     /// The current metrics, asked of the metrics thread (a round trip over a channel).
@@ -537,6 +469,29 @@ impl<Req: Send + 'static, Resp: Send + 'static> Submitter<Req, Resp> {
 
     fn with_intake<T>(&self, f: impl FnOnce(Option<&Intake<Req, Resp>>) -> T) -> T {
         self.handle.submitting(f)
+    }
+
+    fn dest(&self, lane: usize) -> Dest<'static, Req, Resp> {
+        Dest::Lane(lane)
+    }
+
+    /// As [`Orchestrator::limited`].
+    ///
+    /// # Panics
+    ///
+    /// If `k` is 0.
+    pub fn limited(&self, k: usize) -> Limited<Req, Resp> {
+        Limited::new(&self.handle, k, self.handle.queue_capacity())
+    }
+
+    /// As [`Orchestrator::limited_with_capacity`].
+    ///
+    /// # Panics
+    ///
+    /// If `k` or `capacity` is 0, or `capacity` is above
+    /// [`MAX_QUEUE_CAPACITY`](crate::MAX_QUEUE_CAPACITY).
+    pub fn limited_with_capacity(&self, k: usize, capacity: usize) -> Limited<Req, Resp> {
+        Limited::new(&self.handle, k, capacity)
     }
 
     /// As [`Orchestrator::resize`].

@@ -15,6 +15,7 @@ use crossbeam_utils::Backoff;
 
 use crate::intake::{Handle, Intake, Refusal};
 use crate::message::Job;
+use crate::priority::NORMAL;
 use crate::response::Response;
 use crate::unwind::drop_quietly;
 
@@ -99,7 +100,7 @@ where
                 self.in_flight -= 1;
                 return got;
             };
-            let (mut job, mut first) = match self.handle.try_enqueue(self.intake, job) {
+            let (mut job, mut first) = match self.handle.try_enqueue(self.intake, job, NORMAL) {
                 Ok(()) => {
                     self.sent();
                     continue;
@@ -121,7 +122,7 @@ where
                     self.in_flight -= 1;
                     return Some(got);
                 }
-                match self.handle.try_enqueue(self.intake, job) {
+                match self.handle.try_enqueue(self.intake, job, NORMAL) {
                     Ok(()) => {
                         self.sent();
                         continue 'feed;
@@ -130,7 +131,7 @@ where
                     Err(_) => return None,
                 }
             }
-            let q = &self.intake.queues[first];
+            let q = &self.intake.lanes[NORMAL][first];
             if self.in_flight == 0 {
                 // Nothing to read: wait for queue space alone.
                 match q.send(job) {

@@ -30,16 +30,18 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use crate::context::JobContext;
 use crate::distribution::Spread;
 use crate::error::{BuildError, Detail};
+use crate::gate::LimitWaiting;
 use crate::ids::WorkerId;
 use crate::intake::{Handle, Intake, Shared};
-use crate::message::{Job, Live, MetricsRequest, Never, Shutdown, Status, ToMetrics};
+use crate::message::{Live, MetricsRequest, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
 use crate::metrics_thread::{self, Counters, MetricsConfig, MetricsThread};
+use crate::priority::LANES;
 use crate::reentry::Blocked;
 use crate::report::{ShutdownReport, ShutdownSummary};
 use crate::response::Response;
 use crate::supervisor::{self, Outcome, Supervisor, SupervisorLinks};
-use crate::worker::{Forward, Links, Recipe, Retire, Slot as SlotIo, SpawnWorker};
+use crate::worker::{Forward, Links, Queues, Recipe, Retire, Slot as SlotIo, SpawnWorker};
 
 /// A started pool: what the facade wraps.
 pub(crate) struct Parts<Req, Resp> {
@@ -65,6 +67,8 @@ pub(crate) struct Config {
     pub(crate) thread_name: String,
     pub(crate) metrics_interval: Duration,
     pub(crate) metrics: bool,
+    /// `Builder::priority_burst`: more urgent requests a waiting one lets pass in a row.
+    pub(crate) priority_burst: usize,
     /// `Some(n)`, a power of two: time one job in `n`. `None`: adapt the rate.
     pub(crate) timing_sample: Option<usize>,
     pub(crate) stack_size: Option<usize>,
@@ -89,7 +93,7 @@ pub(crate) struct Running<Req, Resp> {
 /// then exits), drops the spawner (its channel ends), joins the workers, then lets the
 /// metrics thread see its inbox close and joins it. Defused by taking its parts.
 struct StartGuard<Req, Resp> {
-    senders: Option<Vec<Sender<Job<Req, Resp>>>>,
+    senders: Option<Intake<Req, Resp>>,
     spawner: Option<SpawnWorker>,
     workers: Vec<JoinHandle<()>>,
     retire: Vec<Retire>,
@@ -128,17 +132,34 @@ where
 {
     let n = cfg.workers;
     let per_worker_queues = matches!(cfg.distribution, Spread::RoundRobin | Spread::ByKey(_));
-    let (senders, receivers): (Vec<_>, Vec<_>) = if per_worker_queues && n > 1 {
-        (0..n)
-            .map(|i| bounded(cfg.queue_capacity / n + usize::from(i < cfg.queue_capacity % n)))
-            .unzip()
-    } else {
-        std::iter::once(bounded(cfg.queue_capacity)).unzip()
-    };
+    let queues = if per_worker_queues && n > 1 { n } else { 1 };
+    let capacity =
+        |i: usize| cfg.queue_capacity / queues + usize::from(i < cfg.queue_capacity % queues);
+    // Each priority lane has its own bounded queues (so batch work never fills the room of
+    // urgent work), and its own unbounded ready queues for limited requests past their limit.
+    let lanes: [(Vec<_>, Vec<_>); LANES] =
+        std::array::from_fn(|_| (0..queues).map(|i| bounded(capacity(i))).unzip());
+    let ready: [(Vec<_>, Vec<_>); LANES] =
+        std::array::from_fn(|_| (0..queues).map(|_| unbounded()).unzip());
+    let [(h, hr), (m, mr), (l, lr)] = lanes;
+    let [(hp, hpr), (mp, mpr), (lp, lpr)] = ready;
     let key = match &cfg.distribution {
         Spread::ByKey(key) if n > 1 => Some(key.clone()),
         _ => None,
     };
+    let receivers = Queues {
+        lanes: [hr, mr, lr],
+        ready: [hpr, mpr, lpr],
+    };
+    let senders = Intake {
+        lanes: [h, m, l],
+        ready: [hp, mp, lp],
+        key: key.clone(),
+    };
+    let lanes_on = Arc::new(AtomicBool::new(false));
+    let limit_waiting: Arc<LimitWaiting> = Arc::default();
+    // Each concurrency limit's gate, registered with the supervisor.
+    let (gates_tx, gates_rx) = unbounded();
     let (resp_tx, resp_rx) = match cfg.response_capacity {
         Some(cap) => bounded(cap),
         None => unbounded(),
@@ -174,6 +195,8 @@ where
         name: cfg.thread_name.clone(),
         stack_size: cfg.stack_size,
         queues: receivers.clone(),
+        lanes_on: Arc::clone(&lanes_on),
+        burst: cfg.priority_burst,
         steal: key.is_none(),
         links: Links {
             responses: resp_tx,
@@ -241,10 +264,17 @@ where
 
     let counters = Arc::new(Counters::default());
     let queue_rxs = receivers.clone();
+    let waiting = Arc::clone(&limit_waiting);
     let metrics_cfg = MetricsConfig {
         interval: cfg.metrics_interval,
         workers: n,
-        queue_len: Box::new(move || queue_rxs.iter().map(Receiver::len).sum()),
+        queue_len: Box::new(move || {
+            let mut lens = queue_rxs.len();
+            for (len, at_limits) in lens.iter_mut().zip(waiting.iter()) {
+                *len += at_limits.load(Ordering::Relaxed);
+            }
+            lens
+        }),
         counters: Arc::clone(&counters),
         sampling: sampling
             .clone()
@@ -266,6 +296,7 @@ where
             .clone()
             .expect("held until the end of start"),
         queues: receivers,
+        gates: gates_rx,
         stop: Arc::clone(&stop),
         abort: abort_tx,
         blocked: Arc::clone(&blocked),
@@ -294,10 +325,7 @@ where
     } = sup;
 
     // Everything started: defuse the guard. The supervisor owns the workers from here.
-    let intake = Intake {
-        queues: guard.senders.take().expect("held until now"),
-        key,
-    };
+    let intake = guard.senders.take().expect("held until now");
     let initial = std::mem::take(&mut guard.workers)
         .into_iter()
         .zip(std::mem::take(&mut guard.retire))
@@ -329,6 +357,11 @@ where
         target,
         resize: resize_tx,
         per_key: matches!(cfg.distribution, Spread::ByKey(_)) && n > 1,
+        lanes_on,
+        gates: gates_tx,
+        limit_waiting,
+        stop: Arc::clone(&stop),
+        queue_capacity: cfg.queue_capacity,
     };
     let running = Running {
         _resp: std::marker::PhantomData,

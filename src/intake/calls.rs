@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, bounded};
 
-use super::{Begun, Handle, Intake, Reentry, Refusal, ReplyPair, Wait};
+use super::{Begun, Dest, Handle, Intake, Reentry, Refusal, ReplyPair, Wait};
 use crate::error::{CallError, CallTimeoutError, JobError};
 use crate::message::{Reply, Route};
+use crate::reentry;
 use crate::unwind::drop_quietly;
 
 thread_local! {
@@ -72,8 +73,18 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         &self,
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
+        dest: Dest<'_, Req, Resp>,
     ) -> Result<Begun<'_, Req, Resp>, CallError<Req>> {
-        let guard = match self.reentry(|| Self::key_queue(intake, &req)) {
+        // A handler calling into the limit it runs under: waiting for a permit could wait
+        // for itself, so the request runs nested in it, under the caller's permit.
+        let nested = matches!(dest, Dest::Gate(limit, _) if limit.gate.runs_here());
+        let reentry = if nested {
+            reentry::inline_runner::<Req, Resp>(self.shared.pool)
+                .map_or(Reentry::Wait(None), |(_, inline)| Reentry::Inline(inline))
+        } else {
+            self.reentry(|| Self::key_queue(intake, &req))
+        };
+        let guard = match reentry {
             Reentry::Wait(guard) => guard,
             Reentry::Inline(inline) => {
                 if intake.is_none() || self.shared.closing.load(Ordering::Relaxed) {
@@ -88,7 +99,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         let (tx, rx) = self.reply_pair();
         let job = self.job(req, None, Route::Call(tx));
         let may_inline = guard.is_none();
-        match self.enqueue(intake, job, Wait::Forever, may_inline) {
+        match self.enqueue(intake, job, Wait::Forever, may_inline, dest) {
             Ok(_) => Ok((rx, guard)),
             Err((_, job)) => {
                 self.rejected();
@@ -120,12 +131,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
         deadline: Option<Instant>,
+        dest: Dest<'_, Req, Resp>,
     ) -> Result<Receiver<Reply<Req, Resp>>, CallTimeoutError<Req>> {
         // Not pooled: a late answer may still arrive on it after the caller gave up.
         let (tx, rx) = bounded(1);
         let job = self.job(req, deadline, Route::Call(tx));
         let wait = deadline.map_or(Wait::Forever, Wait::Until);
-        match self.enqueue(intake, job, wait, false) {
+        match self.enqueue(intake, job, wait, false, dest) {
             Ok(_) => Ok(rx),
             Err((why, job)) => {
                 self.rejected();

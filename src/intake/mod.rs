@@ -56,12 +56,17 @@ use crossbeam_utils::CachePadded;
 use crate::config::MAX_WORKERS;
 use crate::distribution::ByKey;
 use crate::error::{ResizeError, SubmitError, SubmitTimeoutError, TrySubmitError};
+use crate::gate::{Gate, LimitWaiting, ReadyLanes};
 use crate::ids::RequestId;
 use crate::message::{Job, Never, Reply, Route, Stamp};
 use crate::metrics_thread::Counters;
+use crate::priority::{LANES, NORMAL};
 use crate::reentry::{self, Blocked, Inline};
 
 mod calls;
+mod limit;
+
+pub(crate) use limit::{Dest, Limit};
 
 /// Ids a thread takes from its pool's counter at a time.
 const ID_BLOCK: u64 = 256;
@@ -83,7 +88,11 @@ type ReplyPool<Req, Resp> = (Sender<ReplyPair<Req, Resp>>, Receiver<ReplyPair<Re
 /// The queue senders. They live as long as some handle does: workers leave on the
 /// supervisor's signal, not on a disconnect (see the module docs).
 pub(crate) struct Intake<Req, Resp> {
-    pub(crate) queues: Vec<Sender<Job<Req, Resp>>>,
+    /// The bounded queues, `lanes[lane][queue]`: one lane per priority, each with one queue
+    /// (`Shared`) or one per worker.
+    pub(crate) lanes: [Vec<Sender<Job<Req, Resp>>>; LANES],
+    /// Where limited requests go once they hold a permit (see [`gate`](crate::gate)).
+    pub(crate) ready: ReadyLanes<Req, Resp>,
     /// Per-key distribution: picks the one queue a request may go to.
     pub(crate) key: Option<ByKey>,
 }
@@ -128,6 +137,20 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) resize: Sender<usize>,
     /// Whether the pool has per-key queues (its size is then fixed).
     pub(crate) per_key: bool,
+    /// Set (once, never cleared) when a priority other than `Normal` or a limit is first
+    /// used; until then workers look only at the `Normal` lanes on their fast path, so a pool
+    /// that uses neither pays one load of a line nobody writes. Stored before the request
+    /// it announces is sent, so a worker that receives that request sees it; a worker that
+    /// reads it a moment stale only takes one job in plain FIFO order.
+    pub(crate) lanes_on: Arc<AtomicBool>,
+    /// Registers each new gate with the supervisor (which drains it at shutdown).
+    pub(crate) gates: Sender<Arc<Gate<Req, Resp>>>,
+    /// Limited requests waiting at their gates, per lane.
+    pub(crate) limit_waiting: Arc<LimitWaiting>,
+    /// The workers' stop flag (a gate moves nothing on once it is set).
+    pub(crate) stop: Arc<AtomicBool>,
+    /// The pool's `queue_capacity`: a gate's default waiting room.
+    pub(crate) queue_capacity: usize,
 }
 
 /// Whether a re-entrant caller may wait or must run its request inline.
@@ -333,24 +356,34 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     }
 
     /// The queue to try first, and whether the others may be tried after it.
-    fn target(&self, intake: &Intake<Req, Resp>, job: &Job<Req, Resp>) -> (usize, bool) {
-        let n = intake.queues.len();
+    fn target(&self, intake: &Intake<Req, Resp>, req: &Req) -> (usize, bool) {
+        let n = intake.lanes[NORMAL].len();
         match &intake.key {
             _ if n == 1 => (0, false),
-            Some(key) => (key.queue(&job.req, n), false),
+            Some(key) => (key.queue(req, n), false),
             None => (self.cursor.fetch_add(1, Ordering::Relaxed) % n, true),
         }
     }
 
-    /// Puts a job on a queue without blocking. On refusal the job comes back, with the
-    /// index of the queue a blocking wait should start from.
+    /// Announces that a lane other than `Normal` (or a gate) is in use: see
+    /// [`Shared::lanes_on`]. A load first, so the line is written once.
+    pub(crate) fn lanes_on(&self) {
+        let on = &self.shared.lanes_on;
+        if !on.load(Ordering::Relaxed) {
+            on.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Puts a job on a queue of `lane` without blocking. On refusal the job comes back, with
+    /// the index of the queue a blocking wait should start from.
     pub(crate) fn try_enqueue(
         &self,
         intake: &Intake<Req, Resp>,
         job: Job<Req, Resp>,
+        lane: usize,
     ) -> Result<(), (Refusal, Job<Req, Resp>, usize)> {
-        let queues = &intake.queues;
-        let (first, ring) = self.target(intake, &job);
+        let queues = &intake.lanes[lane];
+        let (first, ring) = self.target(intake, &job.req);
         let tries = if ring { queues.len() } else { 1 };
         let mut job = job;
         for k in 0..tries {
@@ -385,10 +418,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     fn key_queue(intake: Option<&Intake<Req, Resp>>, req: &Req) -> Option<usize> {
         let intake = intake?;
         let key = intake.key.as_ref()?;
-        Some(key.queue(req, intake.queues.len()))
+        Some(key.queue(req, intake.lanes[NORMAL].len()))
     }
 
-    /// Puts a job on a queue, waiting as `wait` says. On refusal the job comes back.
+    /// Puts a job where `dest` says, waiting as `wait` says. On refusal the job comes back.
     ///
     /// `may_inline`: a worker of this pool about to wait forever for space runs the job
     /// inline instead if no other worker is free (a caller that already counted itself as
@@ -399,6 +432,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         job: Job<Req, Resp>,
         wait: Wait,
         may_inline: bool,
+        dest: Dest<'_, Req, Resp>,
     ) -> Result<RequestId, (Refusal, Job<Req, Resp>)> {
         let Some(intake) = intake else {
             return Err((Refusal::ShutDown, job));
@@ -406,8 +440,29 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         if self.shared.closing.load(Ordering::Relaxed) {
             return Err((Refusal::ShutDown, job));
         }
+        match dest {
+            Dest::Lane(NORMAL) => self.enqueue_lane(intake, job, wait, may_inline, NORMAL),
+            Dest::Lane(lane) => {
+                self.lanes_on();
+                self.enqueue_lane(intake, job, wait, may_inline, lane)
+            }
+            Dest::Gate(limit, lane) => {
+                self.enqueue_gate(intake, limit, job, wait, may_inline, lane)
+            }
+        }
+    }
+
+    /// [`enqueue`](Self::enqueue) into a bounded lane of the pool.
+    fn enqueue_lane(
+        &self,
+        intake: &Intake<Req, Resp>,
+        job: Job<Req, Resp>,
+        wait: Wait,
+        may_inline: bool,
+        lane: usize,
+    ) -> Result<RequestId, (Refusal, Job<Req, Resp>)> {
         let id = job.id;
-        let (mut job, mut first) = match self.try_enqueue(intake, job) {
+        let (mut job, mut first) = match self.try_enqueue(intake, job, lane) {
             Ok(()) => return Ok(id),
             Err((Refusal::Full, job, first)) => (job, first),
             Err((why, job, _)) => return Err((why, job)),
@@ -446,14 +501,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            match self.try_enqueue(intake, job) {
+            match self.try_enqueue(intake, job, lane) {
                 Ok(()) => return Ok(id),
                 Err((Refusal::Full, back, at)) => (job, first) = (back, at),
                 Err((why, back, _)) => return Err((why, back)),
             }
         }
         let closed = &self.shared.closed;
-        let queues = &intake.queues;
+        let queues = &intake.lanes[lane];
         let n = queues.len();
         let sent = if n == 1 || intake.key.is_some() {
             // One possible queue: the allocation-free macro.
@@ -502,9 +557,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
         deadline: Option<Instant>,
+        dest: Dest<'_, Req, Resp>,
     ) -> Result<RequestId, SubmitError<Req>> {
         let job = self.job(req, deadline, Route::Stream);
-        self.enqueue(intake, job, Wait::Forever, true)
+        self.enqueue(intake, job, Wait::Forever, true, dest)
             .map_err(|(_, job)| {
                 self.rejected();
                 SubmitError::ShutDown(job.req)
@@ -515,9 +571,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         &self,
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
+        dest: Dest<'_, Req, Resp>,
     ) -> Result<RequestId, TrySubmitError<Req>> {
         let job = self.job(req, None, Route::Stream);
-        self.enqueue(intake, job, Wait::No, false)
+        self.enqueue(intake, job, Wait::No, false, dest)
             .map_err(|(why, job)| {
                 self.rejected();
                 match why {
@@ -532,13 +589,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         intake: Option<&Intake<Req, Resp>>,
         req: Req,
         timeout: Duration,
+        dest: Dest<'_, Req, Resp>,
     ) -> Result<RequestId, SubmitTimeoutError<Req>> {
         let wait = match Instant::now().checked_add(timeout) {
             Some(at) => Wait::Until(at),
             None => Wait::Forever,
         };
         let job = self.job(req, None, Route::Stream);
-        self.enqueue(intake, job, wait, false)
+        self.enqueue(intake, job, wait, false, dest)
             .map_err(|(why, job)| {
                 self.rejected();
                 match why {

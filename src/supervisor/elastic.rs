@@ -6,8 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
-
 use super::{Slot, Supervisor};
 use crate::message::{Live, ToMetrics};
 use crate::metrics::WorkerEventKind;
@@ -108,7 +106,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         let (min, max, keep_alive) = self.elastic;
         let now = Instant::now();
         let active = Self::active(slots);
-        let queued: usize = self.queues.iter().map(Receiver::len).sum();
+        let queued: u64 = self.queues.len().iter().sum();
         let mut all_busy = true;
         let mut idle_longest: Option<(usize, Duration)> = None;
         for &i in &active {

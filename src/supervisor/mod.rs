@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick};
 
+use crate::gate::Gate;
 use crate::ids::RequestId;
 use crate::intake::Liveness;
 use crate::message::Live;
@@ -18,7 +19,7 @@ use crate::message::{Job, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::WorkerEventKind;
 use crate::reentry::Blocked;
 use crate::unwind::{drop_quietly, panic_message};
-use crate::worker::{Retire, Slot as SlotIo, SpawnWorker};
+use crate::worker::{Queues, Retire, Slot as SlotIo, SpawnWorker};
 
 mod elastic;
 
@@ -79,7 +80,9 @@ pub(crate) struct SupervisorLinks<Req, Resp> {
     pub(crate) metrics: Sender<ToMetrics>,
     /// Clones of the queues' receivers: to hand back what is queued at a `shutdown_now` or
     /// an expired `shutdown_timeout`, and to drain what no worker took.
-    pub(crate) queues: Vec<Receiver<Job<Req, Resp>>>,
+    pub(crate) queues: Queues<Req, Resp>,
+    /// Each concurrency limit's gate, registered as it is made.
+    pub(crate) gates: Receiver<Arc<Gate<Req, Resp>>>,
     /// The workers' stop flag (see `worker::Links::stop`).
     pub(crate) stop: Arc<AtomicBool>,
     /// Dropped when a `shutdown_timeout` expires: workers stop waiting for response space.
@@ -117,7 +120,11 @@ pub(crate) struct Supervisor<Req, Resp> {
     control: Receiver<Shutdown>,
     metrics: Sender<ToMetrics>,
     spawn: SpawnWorker,
-    queues: Vec<Receiver<Job<Req, Resp>>>,
+    queues: Queues<Req, Resp>,
+    /// New gates, and the gates known so far (pruned as the list doubles, once nothing but
+    /// this list holds one).
+    new_gates: Receiver<Arc<Gate<Req, Resp>>>,
+    gates: Vec<Arc<Gate<Req, Resp>>>,
     stop: Arc<AtomicBool>,
     abort: Option<Sender<Never>>,
     blocked: Arc<Blocked>,
@@ -153,6 +160,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             metrics: links.metrics,
             spawn,
             queues: links.queues,
+            new_gates: links.gates,
+            gates: Vec::new(),
             stop: links.stop,
             abort: Some(links.abort),
             blocked: links.blocked,
@@ -297,12 +306,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         while let Ok(msg) = self.status.try_recv() {
             self.on_status(msg, &mut slots, &mut unstarted);
         }
-        for q in &self.queues {
-            // Intake closed before the workers could leave: nothing more arrives.
-            for job in q.try_iter() {
-                hand_back(job, &mut unstarted, &mut cancelled);
-            }
-        }
+        // Intake closed before the workers could leave: nothing more arrives.
+        self.hand_back_queued(&mut unstarted, &mut cancelled);
         // Dropped here, not wherever the last clone happens to go: the handler and `init`
         // may capture values whose `Drop` panics.
         drop_quietly(std::mem::replace(&mut self.spawn, Box::new(no_spawn)));
@@ -347,6 +352,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             .iter()
             .filter_map(Weak::upgrade)
             .all(|busy| busy.load(Ordering::SeqCst) == 0);
+        // Then every limit must be drained too: what waits at a gate is accepted, and is
+        // moved on only as the gate's running requests finish — on the workers, which must
+        // stay until then. (Gates are registered before their first submit, like handles.)
+        self.collect_gates();
+        let quiet = quiet && self.gates.iter().all(|g| self.gate_idle(g));
         if quiet {
             self.intake_closed = None;
         }
@@ -358,7 +368,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     /// one can ever run what is queued — hand it back, so the waiting calls get `Cancelled`
     /// and their workers can finish. (The inline rule keeps this from arising while workers
     /// are alive; it arises when one dies after another began to wait.)
-    fn rescue(&self, slots: &[Slot], unstarted: &mut Vec<(RequestId, Req)>, cancelled: &mut u64) {
+    fn rescue(
+        &mut self,
+        slots: &[Slot],
+        unstarted: &mut Vec<(RequestId, Req)>,
+        cancelled: &mut u64,
+    ) {
         let waiting_for_replacement = slots.iter().any(|s| s.respawn_at.is_some());
         if self.shutting_down
             && !waiting_for_replacement
@@ -373,12 +388,40 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     /// `shutdown_timeout`): stream requests to `unstarted`, calls answered `Cancelled`.
     /// Workers that take a job after the stop flag hand it back the same way, so each job
     /// ends in exactly one place whoever receives it.
-    fn hand_back_queued(&self, unstarted: &mut Vec<(RequestId, Req)>, cancelled: &mut u64) {
-        for q in &self.queues {
-            while let Ok(job) = q.try_recv() {
+    fn hand_back_queued(&mut self, unstarted: &mut Vec<(RequestId, Req)>, cancelled: &mut u64) {
+        self.collect_gates();
+        for gate in &self.gates {
+            for job in gate.drain() {
                 hand_back(job, unstarted, cancelled);
             }
         }
+        self.queues
+            .drain(|job| hand_back(job, unstarted, cancelled));
+    }
+
+    /// Takes over the gates registered since the last look, dropping those nothing else
+    /// holds any more (amortized: whenever the list doubled). A gate nobody holds has no
+    /// handle to submit through and no request past it, so nothing waits at it either.
+    fn collect_gates(&mut self) {
+        while let Ok(gate) = self.new_gates.try_recv() {
+            self.gates.push(gate);
+            if self.gates.len().is_power_of_two() {
+                self.gates
+                    .retain(|g| Arc::strong_count(g) > 1 || !g.is_idle());
+            }
+        }
+    }
+
+    /// Whether a gate has nothing waiting, ready or running. One that has requests waiting
+    /// and no permit held is pumped here, as a guard (see `gate`).
+    fn gate_idle(&self, gate: &Arc<Gate<Req, Resp>>) -> bool {
+        if gate.is_idle() {
+            return true;
+        }
+        if gate.held() == 0 && !self.stop.load(Ordering::Relaxed) {
+            gate.pump();
+        }
+        false
     }
 
     /// The `shutdown_timeout` deadline: start nothing more, and stop waiting for response space.
@@ -476,8 +519,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         if deaths == 0 || self.stop.load(Ordering::Relaxed) {
             return false;
         }
-        !self.shutting_down
-            || (deaths <= SHUTDOWN_RESPAWNS && self.queues.iter().any(|q| !q.is_empty()))
+        !self.shutting_down || (deaths <= SHUTDOWN_RESPAWNS && !self.queues.is_empty())
     }
 
     fn respawn_timer(slots: &[Slot]) -> Receiver<Instant> {

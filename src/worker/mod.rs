@@ -21,14 +21,19 @@ use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 
 use crate::context::JobContext;
 use crate::error::JobError;
+use crate::gate::Permit;
 use crate::ids::WorkerId;
 use crate::message::{Job, Live, LiveCounts, Never, Stamp, StatsDelta, Status, ToMetrics, bump};
+use crate::priority::{LANES, NORMAL};
 use crate::reentry::{self, Inline};
 use crate::response::Response;
 use crate::unwind::{drop_quietly, message_of};
 
 mod deliver;
 mod take;
+
+pub(crate) use take::Queues;
+use take::Taken;
 
 /// What a pipeline stage's handler returns: nothing when the next stage took the value at
 /// once, otherwise the blocking hand-off, which its worker runs after it stopped counting
@@ -79,8 +84,12 @@ pub(crate) struct Recipe<Req, Resp, I, H> {
     /// The prefix of thread names.
     pub(crate) name: String,
     pub(crate) stack_size: Option<usize>,
-    /// Every queue of the pool, in worker order.
-    pub(crate) queues: Vec<Receiver<Job<Req, Resp>>>,
+    /// Every queue of the pool, in worker order, per lane.
+    pub(crate) queues: Queues<Req, Resp>,
+    /// Whether priorities or limits were used yet (see `intake::Shared::lanes_on`).
+    pub(crate) lanes_on: Arc<AtomicBool>,
+    /// `Builder::priority_burst`.
+    pub(crate) burst: usize,
     /// Whether a worker takes from the other workers' queues when its own is empty
     /// (`RoundRobin`); never with per-key queues, which would break per-key order.
     pub(crate) steal: bool,
@@ -152,17 +161,15 @@ where
     pub(crate) fn spawner(self) -> SpawnWorker {
         Box::new(move |i, slot: Slot| {
             // Own queue first, then the others in order (only when stealing).
-            let mut queues = self.queues.clone();
-            let len = queues.len();
-            queues.rotate_left(i % len);
-            if !self.steal {
-                queues.truncate(1);
-            }
+            let queues = self.queues.rotated(i, self.steal);
             let worker = Worker {
                 pool: self.pool,
                 id: i,
                 inline: false,
                 queues,
+                lanes_on: Arc::clone(&self.lanes_on),
+                burst: self.burst,
+                passed: Cell::new([0; LANES]),
                 links: self.links.clone(),
                 flush_every: self.flush_every,
                 forward: self.forward,
@@ -191,9 +198,15 @@ struct Worker<Req, Resp, I, H> {
     /// A stand-in running one job inline for a re-entrant caller: it reports no lifecycle
     /// events and rebuilds nothing after a panic (its state is thrown away anyway).
     inline: bool,
-    /// The queues it takes work from. `Shared`: the one MPMC queue. `RoundRobin`: every worker
-    /// queue, rotated so that index 0 is its own; the others are stolen from when its own is empty.
-    queues: Vec<Receiver<Job<Req, Resp>>>,
+    /// The queues it takes work from, per lane. `Shared`: the one MPMC queue. `RoundRobin`:
+    /// every worker queue, rotated so that index 0 is its own; the others are stolen from
+    /// when its own is empty. `by_key`: its own only.
+    queues: Queues<Req, Resp>,
+    lanes_on: Arc<AtomicBool>,
+    burst: usize,
+    /// Per lane, the more urgent requests taken in a row while one of it waited (see
+    /// `take`). Worker-local.
+    passed: Cell<[usize; LANES]>,
     links: Links<Req, Resp>,
     flush_every: Option<Duration>,
     forward: Option<Forward<Resp>>,
@@ -279,12 +292,10 @@ where
         // Built once and reused for every blocking wait (a `Select` allocates as it is built).
         // The queues, then (last) the supervisor's signal that nothing more can arrive.
         let mut select = Select::new_biased();
-        for q in &self.queues {
-            select.recv(q);
-        }
+        self.queues.register(&mut select);
         select.recv(&self.links.intake_closed);
         select.recv(&self.retired);
-        let mut live = vec![true; self.queues.len()];
+        let mut live = vec![true; self.queues.slots()];
         let mut next_flush = self.flush_every.map(|p| Instant::now() + p);
         let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
 
@@ -292,23 +303,29 @@ where
         // (then that instant is its start too, and one clock read per job is saved).
         let mut last_end = None;
         loop {
-            let job = match self.take(&mut select, &mut live, &mut guard.stats, &mut next_flush) {
-                Some((job, waited)) => {
+            let taken = match self.take(&mut select, &mut live, &mut guard.stats, &mut next_flush) {
+                Some((taken, waited)) => {
                     if waited {
                         last_end = None;
                     }
-                    job
+                    taken
                 }
                 None => break,
             };
+            let Taken { job, lane, permit } = taken;
             guard.stats.taken += 1;
             self.live(|l| &l.taken);
             if self.links.stop.load(Ordering::Relaxed) {
                 self.hand_back(job, &mut guard.stats);
+                drop(permit);
                 continue;
             }
             let times = (&mut next_flush, &mut last_end);
-            self.run_job(job, &mut state, &mut ctx, &mut guard.stats, times);
+            let running = permit.as_ref().map(Permit::enter);
+            self.run_job(job, lane, &mut state, &mut ctx, &mut guard.stats, times);
+            drop(running);
+            // Gives the permit back and moves the limit's next waiting request on.
+            drop(permit);
             if self.retire.load(Ordering::Relaxed) {
                 break; // retired: what is queued is the others' to run
             }
@@ -322,7 +339,10 @@ where
             pool: self.pool,
             id: self.id,
             inline: true,
-            queues: Vec::new(),
+            queues: Queues::none(),
+            lanes_on: Arc::clone(&self.lanes_on),
+            burst: self.burst,
+            passed: Cell::new([0; LANES]),
             links: self.links.clone(),
             flush_every: None,
             forward: self.forward,
@@ -351,6 +371,7 @@ where
                 let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
                 self.run_job(
                     job,
+                    NORMAL,
                     &mut state,
                     &mut ctx,
                     &mut stats,
@@ -399,6 +420,7 @@ where
     fn run_job(
         &self,
         job: Job<Req, Resp>,
+        lane: usize,
         state: &mut S,
         ctx: &mut JobContext,
         stats: &mut StatsDelta,
@@ -439,7 +461,15 @@ where
         let mut queue_time = Duration::ZERO;
         if let (Some(start), Some(enqueued)) = (start, enqueued) {
             queue_time = start.saturating_duration_since(enqueued);
-            stats.wait.record(nanos(queue_time));
+            let wait = nanos(queue_time);
+            if lane != NORMAL
+                || stats.wait_by_lane.is_some()
+                || self.lanes_on.load(Ordering::Relaxed)
+            {
+                stats.wait_by_lane.get_or_insert_with(Box::default)[lane].record(wait);
+            } else {
+                stats.wait.record(wait);
+            }
         }
         // Report at the start of a job when a report is due. (Counts, in flight and the
         // worker's state are live; a timed job's start is published live below, for the
