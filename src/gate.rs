@@ -26,7 +26,7 @@
 
 use std::cell::Cell;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering, fence};
 
 use crossbeam_channel::{Receiver, Sender};
 use crossbeam_utils::CachePadded;
@@ -58,8 +58,11 @@ pub(crate) type ReadyLanes<Req, Resp> = [Vec<Sender<Permitted<Req, Resp>>>; LANE
 
 /// How many limited requests of a pool wait at their gates, per lane (for `queued`).
 /// Written by the threads that move limited requests (`Relaxed` add and subtract: a
-/// statistic that nothing else depends on); read by the metrics thread.
-pub(crate) type LimitWaiting = [AtomicU64; LANES];
+/// statistic that nothing else depends on); read by the metrics thread. A request is counted
+/// right after it entered a waiting queue, and uncounted as it leaves one, possibly first by
+/// another thread: so the sum can dip below zero for a moment, and readers clamp it at zero
+/// (an undercount for a moment, never an overshoot).
+pub(crate) type LimitWaiting = [AtomicI64; LANES];
 
 /// One concurrency limit.
 pub(crate) struct Gate<Req, Resp> {
@@ -110,8 +113,8 @@ impl<Req, Resp> Gate<Req, Resp> {
         self.waiting.len()
     }
 
-    /// Counts a request about to be added to the waiting queue (before the push, so the
-    /// count never goes below zero); [`uncount`](Self::uncount) if the push failed.
+    /// Counts a request just added to the waiting queue; [`uncount`](Self::uncount) as one
+    /// leaves it.
     pub(crate) fn count(&self, lane: usize) {
         self.totals[lane].fetch_add(1, Ordering::Relaxed);
     }

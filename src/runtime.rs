@@ -271,7 +271,7 @@ where
         queue_len: Box::new(move || {
             let mut lens = queue_rxs.len();
             for (len, at_limits) in lens.iter_mut().zip(waiting.iter()) {
-                *len += at_limits.load(Ordering::Relaxed);
+                *len += at_limits.load(Ordering::Relaxed).max(0) as u64;
             }
             lens
         }),

@@ -66,9 +66,9 @@ use std::time::{Duration, Instant};
 
 use channel_orchestrator::crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use channel_orchestrator::{
-    CallError, Distribution, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, RequestId,
-    Response, ShutdownReport, ShutdownSummary, SubmitError, SubmitTimeoutError, Submitter,
-    TrySubmitError, WorkerId,
+    CallError, Distribution, JobError, Limited, MetricsEvent, MetricsSnapshot, Orchestrator,
+    Priority, RequestId, Response, ShutdownReport, ShutdownSummary, SubmitError,
+    SubmitTimeoutError, Submitter, TrySubmitError, WorkerId,
 };
 use common::{MARKER, Rng, Stop, WAIT, quiet_panics, within};
 
@@ -154,6 +154,11 @@ struct Scenario {
     resizes: bool,
     /// Chance that a request's `Drop` panics (after counting the drop).
     drop_panic_percent: u64,
+    /// `Some(k)`: the odd-numbered producers submit through one `limited(k)` handle; the
+    /// handler checks that no more than `k` of their requests ever run at once.
+    limit: Option<usize>,
+    /// Whether producers draw a priority for their `submit` and `try_submit`.
+    priorities: bool,
 }
 
 impl Scenario {
@@ -213,7 +218,14 @@ impl Scenario {
             drop_panic_percent: [0, 0, 4, 10][r.below(4) as usize],
             // Drawn last, so the scenarios of earlier seeds keep their shape.
             resizes: dist != Dist::ByKey && r.chance(50),
+            limit: r.chance(50).then(|| 1 + r.below(4) as usize),
+            priorities: r.chance(50),
         }
+    }
+
+    /// Whether `tag` is submitted through the limited handle.
+    fn limited_tag(&self, tag: u64) -> bool {
+        self.limit.is_some() && tag < self.producer_tags() && (tag / self.per_producer) % 2 == 1
     }
 
     fn producer_tags(&self) -> u64 {
@@ -375,6 +387,9 @@ struct Log {
     nested: Channel<(u64, Fate)>,
     /// What a handler found wrong with a nested request's result (checked after the run).
     wrong: Channel<String>,
+    /// Limited requests running now, and the most ever at once.
+    limited_now: AtomicU64,
+    limited_most: AtomicU64,
 }
 
 impl Log {
@@ -393,6 +408,8 @@ impl Log {
             drop_panics: AtomicU64::new(0),
             nested: unbounded(),
             wrong: unbounded(),
+            limited_now: AtomicU64::new(0),
+            limited_most: AtomicU64::new(0),
         })
     }
     fn ran(&self, tag: u64) -> u32 {
@@ -482,8 +499,26 @@ fn tag_of(outcome: &Result<u64, JobError>) -> Option<u64> {
     }
 }
 
+/// Counts one limited request as running while it lives (also while its handler unwinds).
+struct LimitedRun(Arc<Log>);
+
+impl LimitedRun {
+    fn enter(log: &Arc<Log>) -> Self {
+        let now = log.limited_now.fetch_add(1, Ordering::SeqCst) + 1;
+        log.limited_most.fetch_max(now, Ordering::SeqCst);
+        LimitedRun(Arc::clone(log))
+    }
+}
+
+impl Drop for LimitedRun {
+    fn drop(&mut self) {
+        self.0.limited_now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn handler(sc: &Scenario, pool: &OnceLock<Submitter<Req, u64>>, req: Req) -> u64 {
     let tag = req.tag;
+    let _limited = sc.limited_tag(tag).then(|| LimitedRun::enter(&req.log));
     req.log.ran[tag as usize].fetch_add(1, Ordering::SeqCst);
     req.log.ran_here(tag);
     if NESTING.with(Cell::get) == Some(tag) {
@@ -588,10 +623,25 @@ enum Fate {
     CallInitFailed,
 }
 
+/// A producer's submitting handle: the pool's, or the limited one.
+enum Via {
+    Pool(Submitter<Req, u64>),
+    Limited(Limited<Req, u64>),
+}
+
+macro_rules! via {
+    ($via:expr, $method:ident($($arg:expr),*)) => {
+        match $via {
+            Via::Pool(s) => s.$method($($arg),*),
+            Via::Limited(l) => l.$method($($arg),*),
+        }
+    };
+}
+
 fn produce(
     sc: &Scenario,
     p: u64,
-    sub: Submitter<Req, u64>,
+    sub: Via,
     log: Arc<Log>,
     reported: Arc<AtomicBool>,
 ) -> Vec<(u64, Fate)> {
@@ -608,22 +658,34 @@ fn produce(
             r.defuse();
             Fate::Refused { shut_down, late }
         };
+        let priority = [Priority::High, Priority::Normal, Priority::Low][rng.below(3) as usize];
         let fate = match rng.below(4) {
-            0 => match sub.submit(req) {
+            0 => match if sc.priorities {
+                via!(&sub, submit_with_priority(req, priority))
+            } else {
+                via!(&sub, submit(req))
+            } {
                 Ok(id) => Fate::Accepted(id),
                 Err(SubmitError::ShutDown(r)) => back(r, true),
             },
-            1 => match sub.try_submit(req) {
+            1 => match if sc.priorities {
+                via!(&sub, try_submit_with_priority(req, priority))
+            } else {
+                via!(&sub, try_submit(req))
+            } {
                 Ok(id) => Fate::Accepted(id),
                 Err(TrySubmitError::Full(r)) => back(r, false),
                 Err(TrySubmitError::ShutDown(r)) => back(r, true),
             },
-            2 => match sub.submit_timeout(req, Duration::from_micros(rng.below(3_000))) {
+            2 => match via!(
+                &sub,
+                submit_timeout(req, Duration::from_micros(rng.below(3_000)))
+            ) {
                 Ok(id) => Fate::Accepted(id),
                 Err(SubmitTimeoutError::Timeout(r)) => back(r, false),
                 Err(SubmitTimeoutError::ShutDown(r)) => back(r, true),
             },
-            _ => match sub.call(req) {
+            _ => match via!(&sub, call(req)) {
                 Ok(v) => {
                     assert_eq!(v, answer(tag), "call {tag}: wrong answer");
                     Fate::CallOk
@@ -712,7 +774,12 @@ fn check_snapshot(sc: &Scenario, log: &Log, m: &MetricsSnapshot, past_deadlines:
     );
     assert!(m.completed + m.failed <= m.submitted, "{m:?}");
     assert!(m.undelivered <= m.completed + m.failed, "{m:?}");
-    assert!(m.queued <= sc.queue_capacity as u64, "{m:?}");
+    // Each priority lane in use has its own bound; a limit has its own waiting room, and at
+    // most `k` of its requests sit in the pool's ready queues.
+    let lanes = if sc.priorities { 3 } else { 1 };
+    let limit_room = sc.limit.map_or(0, |k| sc.queue_capacity + k);
+    let bound = sc.queue_capacity * lanes + limit_room;
+    assert!(m.queued <= bound as u64, "{m:?}");
     // One job per worker, plus, for a re-entrant request, the nested one its worker runs
     // inline while the outer one waits (both are in flight).
     let per_worker = if sc.reentrant_percent > 0 { 2 } else { 1 };
@@ -985,9 +1052,14 @@ fn run(sc: Scenario) {
             }
         })
     });
+    let limited = sc.limit.map(|k| orch.limited(k));
     let producers: Vec<JoinHandle<Vec<(u64, Fate)>>> = (0..sc.producers)
         .map(|p| {
-            let (sc, sub, log) = (Arc::clone(&sc), orch.submitter(), Arc::clone(&log));
+            let sub = match &limited {
+                Some(l) if p % 2 == 1 => Via::Limited(l.clone()),
+                _ => Via::Pool(orch.submitter()),
+            };
+            let (sc, log) = (Arc::clone(&sc), Arc::clone(&log));
             let reported = Arc::clone(&reported);
             thread::spawn(move || produce(&sc, p, sub, log, reported))
         })
@@ -1087,6 +1159,14 @@ fn run(sc: Scenario) {
     let mut fates: HashMap<u64, Fate> = HashMap::new();
     for p in producers {
         fates.extend(p.join().unwrap());
+    }
+    if let Some(k) = sc.limit {
+        let most = log.limited_most.load(Ordering::SeqCst);
+        assert!(
+            most <= k as u64,
+            "{most} limited requests ran at once; the limit is {k}"
+        );
+        drop(limited);
     }
     // Every handler has returned: the nested requests' fates are all in.
     let wrong: Vec<String> = log.wrong.1.try_iter().collect();

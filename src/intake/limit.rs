@@ -80,14 +80,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         let id = job.id;
         let (queue, _) = self.target(intake, &job.req);
         let gate = &limit.gate;
-        gate.count(lane);
-        let back = |why, w: Waiting<Req, Resp>| {
-            gate.uncount(lane);
-            Err((why, w.job))
-        };
+        let back = |why, w: Waiting<Req, Resp>| Err((why, w.job));
         let waiting = Waiting { job, lane, queue };
         let waiting = match limit.push.try_send(waiting) {
             Ok(()) => {
+                gate.count(lane);
                 gate.pump();
                 return Ok(id);
             }
@@ -106,7 +103,6 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         let reentry = (may_inline && deadline.is_none()).then(|| self.reentry(|| None));
         let _blocked = match reentry {
             Some(Reentry::Inline(inline)) => {
-                gate.uncount(lane);
                 inline.run(waiting.job);
                 return Ok(id);
             }
@@ -128,6 +124,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         };
         match sent {
             Ok(()) => {
+                gate.count(lane);
                 gate.pump();
                 Ok(id)
             }
