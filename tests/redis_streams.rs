@@ -159,11 +159,7 @@ impl Workers {
     /// Sends SIGTERM to `name` and waits for it to exit.
     fn terminate(&mut self, name: &str) -> ExitStatus {
         let mut child = self.take(name);
-        let sent = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(sent.success(), "kill -TERM {name}");
+        signal(&child, "TERM");
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -198,6 +194,16 @@ impl Drop for Workers {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends `kill -SIGNAL` to `child`.
+fn signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{signal} {}", child.id());
 }
 
 /// `wc`'s numbers, `LINES WORDS BYTES`, written here independently of the examples' counter:
@@ -309,21 +315,32 @@ fn three_workers_one_killed_nothing_lost() {
         workers.start(name, 2_000);
     }
 
-    // Mid-run: some results, not all. SIGKILL w2, which holds entries it took and never acked.
+    // Mid-run: some results, not all. SIGKILL w2 while it holds entries it took and never
+    // acked: freeze it first (SIGSTOP), so that what it holds cannot change while we look.
     wait_until("the first results", &workers, || {
         hlen(&mut con) >= ENTRIES / 20
     });
     let mut victim = workers.take("w2");
+    let started = Instant::now();
+    let orphaned = loop {
+        signal(&victim, "STOP");
+        let held = pending(&mut con, Some("w2"));
+        if held > 0 {
+            break held;
+        }
+        // It had just acked everything it held: let it take more.
+        signal(&victim, "CONT");
+        assert!(started.elapsed() < LIMIT, "w2 never holds entries");
+        thread::sleep(Duration::from_millis(1));
+    };
     victim.kill().expect("SIGKILL w2");
     victim.wait().expect("w2 reaped");
     let done_at_kill = hlen(&mut con);
-    let orphaned = pending(&mut con, Some("w2"));
     eprintln!("killed w2 at {done_at_kill} results, holding {orphaned} unacked entries");
     assert!(
         done_at_kill < ENTRIES,
         "the run ended before the kill: make it longer"
     );
-    assert!(orphaned > 0, "w2 held nothing when it was killed");
 
     // A replacement takes over w2's entries once they are idle for 300 ms.
     workers.start("w4", 300);
