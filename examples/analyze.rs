@@ -23,7 +23,7 @@
 // Counts are those of GNU `wc` in the C locale, on any bytes: lines are newline bytes; a word
 // is a maximal run of bytes other than space, \t, \n, \v, \f, \r that holds at least one
 // printable ASCII byte (0x21..=0x7e). Other bytes (controls, bytes >= 0x80) neither start nor
-// end a word.
+// end a word. The counting lives in `common/wc.rs`, shared with the Redis Streams examples.
 
 use std::cmp::Ordering;
 use std::fs::{self, File};
@@ -40,8 +40,11 @@ use channel_orchestrator::{
     JobContext, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, Response, Submitter,
 };
 use clap::Parser;
-use rustc_hash::FxHashMap;
 use walkdir::{DirEntry, WalkDir};
+
+#[path = "common/wc.rs"]
+mod wc;
+use wc::{Counter, Counts, WordCounts};
 
 /// Bytes read per `read` call; each worker owns one buffer of this size.
 const CHUNK: usize = 64 * 1024;
@@ -49,9 +52,6 @@ const CHUNK: usize = 64 * 1024;
 const QUEUE: usize = 256;
 /// How often the metrics subscription sends a snapshot (and the progress line is redrawn).
 const TICK: Duration = Duration::from_millis(200);
-/// Longer words count in the totals but not in the most common words (bounds the memory a
-/// binary file or a minified line can take).
-const MAX_WORD: usize = 64;
 
 /// Counts files, lines, words and bytes (as `LC_ALL=C wc` does) in every regular file under
 /// the given directories, in parallel, with a live progress line on stderr.
@@ -376,18 +376,6 @@ enum Analyzed {
     Cancelled,
 }
 
-/// How often each word occurs (words of at most [`MAX_WORD`] bytes). rustc's FxHash
-/// (`rustc-hash`) is several times faster than std's SipHash on short keys, which matters
-/// here (a hash per word). It does not resist HashDoS, which a local tool need not.
-type WordCounts = FxHashMap<Box<[u8]>, u64>;
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counts {
-    lines: u64,
-    words: u64,
-    bytes: u64,
-}
-
 /// A worker's state, made on its thread by `init` and kept for every file it reads.
 struct Worker {
     /// The read buffer, reused for every file.
@@ -457,110 +445,6 @@ fn merge(mut tallies: Vec<WordCounts>) -> WordCounts {
         }
     }
     total
-}
-
-/// Byte classes of the C locale.
-const SPACE: u8 = 0; // space, \t, \n, \v, \f, \r: ends a word
-const PRINT: u8 = 1; // 0x21..=0x7e: makes a run of non-space bytes a word
-const OTHER: u8 = 2; // controls, DEL, bytes >= 0x80: part of a run, but never a word alone
-
-static CLASS: [u8; 256] = {
-    let mut class = [OTHER; 256];
-    let mut b = 0x21;
-    while b <= 0x7e {
-        class[b] = PRINT;
-        b += 1;
-    }
-    let spaces = [b' ', b'\t', b'\n', 0x0b, 0x0c, b'\r'];
-    let mut i = 0;
-    while i < spaces.len() {
-        class[spaces[i] as usize] = SPACE;
-        i += 1;
-    }
-    class
-};
-
-/// Counts lines, words and bytes over a stream fed in chunks; a word may span chunks.
-struct Counter<'a> {
-    counts: Counts,
-    /// Inside a run of non-space bytes.
-    in_run: bool,
-    /// The current run holds a printable byte, so it is a word.
-    printable: bool,
-    /// The current run's first `MAX_WORD + 1` bytes (when keeping words).
-    word: Vec<u8>,
-    words: Option<&'a mut WordCounts>,
-}
-
-impl<'a> Counter<'a> {
-    fn new(words: Option<&'a mut WordCounts>) -> Self {
-        Counter {
-            counts: Counts::default(),
-            in_run: false,
-            printable: false,
-            word: Vec::with_capacity(MAX_WORD + 1),
-            words,
-        }
-    }
-
-    fn feed(&mut self, chunk: &[u8]) {
-        self.counts.bytes += chunk.len() as u64;
-        let mut start = 0; // where the current run starts in this chunk
-        for (i, &b) in chunk.iter().enumerate() {
-            match CLASS[usize::from(b)] {
-                SPACE => {
-                    self.counts.lines += u64::from(b == b'\n');
-                    if self.in_run {
-                        self.keep(&chunk[start..i]);
-                        self.end_run();
-                    }
-                }
-                class => {
-                    if !self.in_run {
-                        self.in_run = true;
-                        start = i;
-                    }
-                    self.printable |= class == PRINT;
-                }
-            }
-        }
-        if self.in_run {
-            self.keep(&chunk[start..]); // the run goes on in the next chunk
-        }
-    }
-
-    fn keep(&mut self, part: &[u8]) {
-        if self.words.is_some() && self.word.len() <= MAX_WORD {
-            let room = MAX_WORD + 1 - self.word.len();
-            self.word.extend_from_slice(&part[..part.len().min(room)]);
-        }
-    }
-
-    fn end_run(&mut self) {
-        if self.printable {
-            self.counts.words += 1;
-            if let Some(words) = self.words.as_deref_mut()
-                && self.word.len() <= MAX_WORD
-            {
-                match words.get_mut(self.word.as_slice()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        words.insert(self.word.as_slice().into(), 1);
-                    }
-                }
-            }
-        }
-        self.in_run = false;
-        self.printable = false;
-        self.word.clear();
-    }
-
-    fn finish(mut self) -> Counts {
-        if self.in_run {
-            self.end_run();
-        }
-        self.counts
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
