@@ -157,6 +157,11 @@ where
         key: key.clone(),
     };
     let lanes_on = Arc::new(AtomicBool::new(false));
+    // The first use of a priority or a limit is announced to the supervisor, which then
+    // disconnects `lanes_wake`: idle workers wake up and watch every lane. Capacity 1: see
+    // `abort`.
+    let (lanes_used_tx, lanes_used_rx) = bounded(1);
+    let (lanes_wake_tx, lanes_wake_rx) = bounded::<Never>(1);
     let limit_waiting: Arc<LimitWaiting> = Arc::default();
     // Each concurrency limit's gate, registered with the supervisor.
     let (gates_tx, gates_rx) = unbounded();
@@ -205,6 +210,7 @@ where
             stop: Arc::clone(&stop),
             abort: abort_rx,
             intake_closed: intake_closed_rx,
+            lanes_wake: lanes_wake_rx,
         },
         flush_every: cfg.metrics.then(|| cfg.metrics_interval / 2),
         forward,
@@ -297,6 +303,7 @@ where
             .expect("held until the end of start"),
         queues: receivers,
         gates: gates_rx,
+        lanes: (lanes_used_rx, lanes_wake_tx),
         stop: Arc::clone(&stop),
         abort: abort_tx,
         blocked: Arc::clone(&blocked),
@@ -358,6 +365,7 @@ where
         resize: resize_tx,
         per_key: matches!(cfg.distribution, Spread::ByKey(_)) && n > 1,
         lanes_on,
+        lanes_used: lanes_used_tx,
         gates: gates_tx,
         limit_waiting,
         stop: Arc::clone(&stop),

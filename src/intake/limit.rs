@@ -1,6 +1,8 @@
-//! The intake side of concurrency limits: making a gate, and a submit through one.
+//! The intake side of priorities and concurrency limits: announcing the first use of a lane
+//! other than `Normal`, making a gate, and a submit through one.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError, bounded, select_biased};
@@ -59,6 +61,16 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         // Gone only once the supervisor returned: then every submit is refused anyway.
         let _ = self.shared.gates.send(Arc::clone(&gate));
         Limit { gate, push }
+    }
+
+    /// Announces that a lane other than `Normal` (or a gate) is in use: see
+    /// [`Shared::lanes_on`](super::Shared::lanes_on). A load first, so the line is written once.
+    pub(crate) fn lanes_on(&self) {
+        let on = &self.shared.lanes_on;
+        if !on.load(Ordering::Relaxed) && !on.swap(true, Ordering::SeqCst) {
+            // The first use: the supervisor wakes every idle worker to watch every lane.
+            let _ = self.shared.lanes_used.send(());
+        }
     }
 
     /// The pool's `queue_capacity`.

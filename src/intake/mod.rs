@@ -143,6 +143,8 @@ pub(crate) struct Shared<Req, Resp> {
     /// it announces is sent, so a worker that receives that request sees it; a worker that
     /// reads it a moment stale only takes one job in plain FIFO order.
     pub(crate) lanes_on: Arc<AtomicBool>,
+    /// Tells the supervisor that `lanes_on` was set (once).
+    pub(crate) lanes_used: Sender<()>,
     /// Registers each new gate with the supervisor (which drains it at shutdown).
     pub(crate) gates: Sender<Arc<Gate<Req, Resp>>>,
     /// Limited requests waiting at their gates, per lane.
@@ -356,6 +358,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     }
 
     /// The queue to try first, and whether the others may be tried after it.
+    #[inline]
     fn target(&self, intake: &Intake<Req, Resp>, req: &Req) -> (usize, bool) {
         let n = intake.lanes[NORMAL].len();
         match &intake.key {
@@ -365,17 +368,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         }
     }
 
-    /// Announces that a lane other than `Normal` (or a gate) is in use: see
-    /// [`Shared::lanes_on`]. A load first, so the line is written once.
-    pub(crate) fn lanes_on(&self) {
-        let on = &self.shared.lanes_on;
-        if !on.load(Ordering::Relaxed) {
-            on.store(true, Ordering::Relaxed);
-        }
-    }
-
     /// Puts a job on a queue of `lane` without blocking. On refusal the job comes back, with
     /// the index of the queue a blocking wait should start from.
+    #[inline]
     pub(crate) fn try_enqueue(
         &self,
         intake: &Intake<Req, Resp>,
@@ -426,6 +421,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     /// `may_inline`: a worker of this pool about to wait forever for space runs the job
     /// inline instead if no other worker is free (a caller that already counted itself as
     /// blocked passes `false`).
+    #[inline]
     fn enqueue(
         &self,
         intake: Option<&Intake<Req, Resp>>,
@@ -440,33 +436,41 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         if self.shared.closing.load(Ordering::Relaxed) {
             return Err((Refusal::ShutDown, job));
         }
-        match dest {
-            Dest::Lane(NORMAL) => self.enqueue_lane(intake, job, wait, may_inline, NORMAL),
-            Dest::Lane(lane) => {
-                self.lanes_on();
-                self.enqueue_lane(intake, job, wait, may_inline, lane)
-            }
+        let lane = match dest {
+            Dest::Lane(lane) => lane,
             Dest::Gate(limit, lane) => {
-                self.enqueue_gate(intake, limit, job, wait, may_inline, lane)
+                return self.enqueue_gate(intake, limit, job, wait, may_inline, lane);
             }
+        };
+        if lane != NORMAL {
+            self.lanes_on();
+        }
+        // The fast path, kept small enough to inline: one try on the target queue(s).
+        let id = job.id;
+        match self.try_enqueue(intake, job, lane) {
+            Ok(()) => Ok(id),
+            Err((Refusal::Full, job, first)) => {
+                self.enqueue_wait(intake, job, first, wait, may_inline, lane)
+            }
+            Err((why, job, _)) => Err((why, job)),
         }
     }
 
-    /// [`enqueue`](Self::enqueue) into a bounded lane of the pool.
-    fn enqueue_lane(
+    /// [`enqueue`](Self::enqueue) into a bounded lane whose queue(s) were full at the first
+    /// try: wait as `wait` says, from queue `first` on.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_wait(
         &self,
         intake: &Intake<Req, Resp>,
         job: Job<Req, Resp>,
+        first: usize,
         wait: Wait,
         may_inline: bool,
         lane: usize,
     ) -> Result<RequestId, (Refusal, Job<Req, Resp>)> {
         let id = job.id;
-        let (mut job, mut first) = match self.try_enqueue(intake, job, lane) {
-            Ok(()) => return Ok(id),
-            Err((Refusal::Full, job, first)) => (job, first),
-            Err((why, job, _)) => return Err((why, job)),
-        };
+        let (mut job, mut first) = (job, first);
         let deadline = match wait {
             Wait::No => return Err((Refusal::Full, job)),
             Wait::Forever => None,
@@ -552,6 +556,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         sent.map(|()| id)
     }
 
+    #[inline]
     pub(crate) fn submit(
         &self,
         intake: Option<&Intake<Req, Resp>>,
@@ -567,6 +572,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
             })
     }
 
+    #[inline]
     pub(crate) fn try_submit(
         &self,
         intake: Option<&Intake<Req, Resp>>,

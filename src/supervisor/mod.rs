@@ -83,6 +83,8 @@ pub(crate) struct SupervisorLinks<Req, Resp> {
     pub(crate) queues: Queues<Req, Resp>,
     /// Each concurrency limit's gate, registered as it is made.
     pub(crate) gates: Receiver<Arc<Gate<Req, Resp>>>,
+    /// The first use of a priority or a limit; and the workers' `lanes_wake`, dropped then.
+    pub(crate) lanes: (Receiver<()>, Sender<Never>),
     /// The workers' stop flag (see `worker::Links::stop`).
     pub(crate) stop: Arc<AtomicBool>,
     /// Dropped when a `shutdown_timeout` expires: workers stop waiting for response space.
@@ -125,6 +127,8 @@ pub(crate) struct Supervisor<Req, Resp> {
     /// this list holds one).
     new_gates: Receiver<Arc<Gate<Req, Resp>>>,
     gates: Vec<Arc<Gate<Req, Resp>>>,
+    lanes_used: Receiver<()>,
+    lanes_wake: Option<Sender<Never>>,
     stop: Arc<AtomicBool>,
     abort: Option<Sender<Never>>,
     blocked: Arc<Blocked>,
@@ -162,6 +166,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             queues: links.queues,
             new_gates: links.gates,
             gates: Vec::new(),
+            lanes_used: links.lanes.0,
+            lanes_wake: Some(links.lanes.1),
             stop: links.stop,
             abort: Some(links.abort),
             blocked: links.blocked,
@@ -218,6 +224,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         let mut deadline = never();
         let mut respawn = never();
         let mut register = self.register.clone();
+        let mut lanes_used = self.lanes_used.clone();
         let resize = self.resize.clone();
         let (min, max, _) = self.elastic;
         let elastic = if max > min {
@@ -278,6 +285,11 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     retry = self.resize_retry(&mut slots);
                 }
                 recv(retry) -> _ => retry = self.resize_retry(&mut slots),
+                recv(lanes_used) -> _ => {
+                    // Sent once, when the flag was set: wake every idle worker.
+                    self.lanes_wake = None;
+                    lanes_used = never();
+                }
                 recv(elastic) -> _ => self.elastic_check(&mut slots),
                 recv(register) -> handle => match handle {
                     Ok(handle) => self.track(handle),
@@ -519,7 +531,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         if deaths == 0 || self.stop.load(Ordering::Relaxed) {
             return false;
         }
-        !self.shutting_down || (deaths <= SHUTDOWN_RESPAWNS && !self.queues.is_empty())
+        let waiting = !self.queues.is_empty() || self.gates.iter().any(|g| g.waiting() > 0);
+        !self.shutting_down || (deaths <= SHUTDOWN_RESPAWNS && waiting)
     }
 
     fn respawn_timer(slots: &[Slot]) -> Receiver<Instant> {

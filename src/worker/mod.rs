@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::context::JobContext;
 use crate::error::JobError;
@@ -61,6 +61,9 @@ pub(crate) struct Links<Req, Resp> {
     /// Disconnected by the supervisor once no request can arrive any more: leave when the
     /// queues are empty.
     pub(crate) intake_closed: Receiver<Never>,
+    /// Disconnected by the supervisor when priorities or limits are first used: idle
+    /// workers then watch every lane (see `take`).
+    pub(crate) lanes_wake: Receiver<Never>,
 }
 
 impl<Req, Resp> Clone for Links<Req, Resp> {
@@ -72,6 +75,7 @@ impl<Req, Resp> Clone for Links<Req, Resp> {
             stop: Arc::clone(&self.stop),
             abort: self.abort.clone(),
             intake_closed: self.intake_closed.clone(),
+            lanes_wake: self.lanes_wake.clone(),
         }
     }
 }
@@ -290,12 +294,7 @@ where
         reentry::enter(self.pool, self.id, self.inline_runner());
 
         // Built once and reused for every blocking wait (a `Select` allocates as it is built).
-        // The queues, then (last) the supervisor's signal that nothing more can arrive.
-        let mut select = Select::new_biased();
-        self.queues.register(&mut select);
-        select.recv(&self.links.intake_closed);
-        select.recv(&self.retired);
-        let mut live = vec![true; self.queues.slots()];
+        let mut watching = self.watching();
         let mut next_flush = self.flush_every.map(|p| Instant::now() + p);
         let mut ctx = JobContext::new(WorkerId(self.id), Arc::clone(&self.links.stop));
 
@@ -303,7 +302,7 @@ where
         // (then that instant is its start too, and one clock read per job is saved).
         let mut last_end = None;
         loop {
-            let taken = match self.take(&mut select, &mut live, &mut guard.stats, &mut next_flush) {
+            let taken = match self.take(&mut watching, &mut guard.stats, &mut next_flush) {
                 Some((taken, waited)) => {
                     if waited {
                         last_end = None;

@@ -60,6 +60,7 @@ impl<Req, Resp> Queues<Req, Resp> {
     }
 
     /// Queues per lane.
+    #[inline]
     pub(crate) fn per_lane(&self) -> usize {
         self.lanes[NORMAL].len()
     }
@@ -101,25 +102,40 @@ impl<Req, Resp> Queues<Req, Resp> {
         }
     }
 
-    /// How many channels a worker's select watches before its two signals.
+    /// How many queue slots a worker watches (bounded and ready, every lane).
     pub(super) fn slots(&self) -> usize {
         2 * LANES * self.per_lane()
     }
 
-    /// Registers every channel in `select`, in slot order (see [`slot`](Self::slot)).
-    pub(super) fn register<'a>(&'a self, select: &mut Select<'a>) {
-        for lane in &self.lanes {
-            lane.iter().for_each(|q| _ = select.recv(q));
-        }
-        for lane in &self.ready {
-            lane.iter().for_each(|q| _ = select.recv(q));
-        }
-    }
-
-    /// The select slot of queue `q` of `lane`, bounded or ready.
+    /// The slot of queue `q` of `lane`, bounded or ready.
+    #[inline]
     fn slot(&self, ready: bool, lane: usize, q: usize) -> usize {
         (usize::from(ready) * LANES + lane) * self.per_lane() + q
     }
+}
+
+/// What one entry of a worker's `Select` watches.
+#[derive(Clone, Copy)]
+enum Watch {
+    /// A queue slot (see [`Queues::slot`]).
+    Slot(usize),
+    /// `intake_closed` or the retire signal: the loop's checks look at both.
+    Signal,
+    /// The pool's "lanes on" signal: watch every lane from now on.
+    Wake,
+}
+
+/// A worker's blocking wait: one `Select`, built once, over its `Normal` queues and its
+/// signals — and, once priorities or limits are in use, over every lane (each registered
+/// operation costs a little on every idle wait, so a pool that never uses them never
+/// watches those queues). `live` says which slots are still connected.
+pub(super) struct Watching<'a> {
+    select: Select<'a>,
+    /// Select index → what it watches (indices grow as operations are added).
+    map: Vec<Watch>,
+    live: Vec<bool>,
+    /// Every lane registered.
+    wide: bool,
 }
 
 impl<Req, Resp, S, I, H> Worker<Req, Resp, I, H>
@@ -129,16 +145,58 @@ where
     I: Fn(WorkerId) -> S + Send + Sync + 'static,
     H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
 {
+    /// The worker's select: its `Normal` queues, its signals, and the "lanes on" wake-up
+    /// (or at once every lane, if they are on already).
+    pub(super) fn watching(&self) -> Watching<'_> {
+        let mut w = Watching {
+            select: Select::new_biased(),
+            map: Vec::new(),
+            live: vec![true; self.queues.slots()],
+            wide: false,
+        };
+        for (q, rx) in self.queues.lanes[NORMAL].iter().enumerate() {
+            w.watch(rx, Watch::Slot(self.queues.slot(false, NORMAL, q)));
+        }
+        w.watch(&self.links.intake_closed, Watch::Signal);
+        w.watch(&self.retired, Watch::Signal);
+        w.watch(&self.links.lanes_wake, Watch::Wake);
+        if self.lanes_on.load(Ordering::SeqCst) {
+            self.widen(&mut w);
+        }
+        w
+    }
+
+    /// Watches every lane from now on.
+    fn widen<'a>(&'a self, w: &mut Watching<'a>) {
+        if w.wide {
+            return;
+        }
+        w.wide = true;
+        if let Some(i) = w.map.iter().position(|m| matches!(m, Watch::Wake)) {
+            w.select.remove(i);
+        }
+        for lane in 0..LANES {
+            for (q, rx) in self.queues.ready[lane].iter().enumerate() {
+                w.watch(rx, Watch::Slot(self.queues.slot(true, lane, q)));
+            }
+            if lane == NORMAL {
+                continue;
+            }
+            for (q, rx) in self.queues.lanes[lane].iter().enumerate() {
+                w.watch(rx, Watch::Slot(self.queues.slot(false, lane, q)));
+            }
+        }
+    }
+
     /// The next job, and whether it had to wait for it; `None` when every queue is
     /// disconnected and empty, or the worker is retired.
     pub(super) fn take<'a>(
         &'a self,
-        select: &mut Select<'a>,
-        live: &mut [bool],
+        w: &mut Watching<'a>,
         stats: &mut StatsDelta,
         next_flush: &mut Option<Instant>,
     ) -> Option<(Taken<Req, Resp>, bool)> {
-        if let Some(taken) = self.try_take(select, live, false) {
+        if let Some(taken) = self.try_take(w, false) {
             return Some((taken, false));
         }
         // `Select::select` parks at once, so a submit would have to unpark us on every job
@@ -146,12 +204,11 @@ where
         let backoff = Backoff::new();
         while !backoff.is_completed() {
             backoff.snooze();
-            if let Some(taken) = self.try_take(select, live, false) {
+            if let Some(taken) = self.try_take(w, false) {
                 return Some((taken, true));
             }
         }
         // Going idle: block, waking to report counts if some are unreported.
-        let signal = self.queues.slots();
         loop {
             if self.retire.load(Ordering::Relaxed) {
                 return None; // retired: leave at once
@@ -160,30 +217,35 @@ where
                 self.links.intake_closed.try_recv(),
                 Err(TryRecvError::Disconnected)
             );
-            if closed || !live.iter().any(|&l| l) {
+            if closed || self.all_gone(w) {
                 // Nothing can arrive any more: what is queued is still ours; then leave.
-                return self.try_take(select, live, true).map(|t| (t, true));
+                return self.try_take(w, true).map(|t| (t, true));
             }
             let deadline = next_flush.filter(|_| stats.owes_report());
             let i = match deadline {
-                Some(d) => match select.ready_deadline(d) {
+                Some(d) => match w.select.ready_deadline(d) {
                     Ok(i) => i,
                     Err(_) => {
                         self.flush_idle(stats, next_flush);
                         continue;
                     }
                 },
-                None => select.ready(),
+                None => w.select.ready(),
             };
-            if i >= signal {
-                continue; // a signal: the loop's checks see it
-            }
-            if let Some(taken) = self.try_take(select, live, true) {
+            let slot = match w.map[i] {
+                Watch::Signal => continue, // the loop's checks see it
+                Watch::Wake => {
+                    self.widen(w);
+                    continue;
+                }
+                Watch::Slot(slot) => slot,
+            };
+            if let Some(taken) = self.try_take(w, w.wide) {
                 return Some((taken, true));
             }
-            // Slot `i` looked ready but the scan found nothing: another worker was quicker,
+            // The slot looked ready but the scan found nothing: another worker was quicker,
             // something arrived since, or it is disconnected.
-            if let Some(taken) = self.probe(i, select, live) {
+            if let Some(taken) = self.probe(slot, w) {
                 return Some((taken, true));
             }
         }
@@ -191,24 +253,29 @@ where
 
     /// The next job by priority (see the module docs); never blocks. `all`: look at every
     /// lane even before priorities or limits were first used.
-    fn try_take<'a>(
-        &'a self,
-        select: &mut Select<'a>,
-        live: &mut [bool],
-        all: bool,
-    ) -> Option<Taken<Req, Resp>> {
-        if !all && !self.lanes_on.load(Ordering::Relaxed) {
-            let job = self.take_from(&self.queues.lanes[NORMAL], false, NORMAL, select, live)?;
+    #[inline]
+    fn try_take<'a>(&'a self, w: &mut Watching<'a>, all: bool) -> Option<Taken<Req, Resp>> {
+        if !w.wide && !all && !self.lanes_on.load(Ordering::Relaxed) {
+            let job = self.take_from(&self.queues.lanes[NORMAL], false, NORMAL, w)?;
             return Some(Taken {
                 job,
                 lane: NORMAL,
                 permit: None,
             });
         }
+        self.take_by_priority(w)
+    }
+
+    /// [`try_take`](Self::try_take) once priorities or limits are in use.
+    #[inline(never)]
+    fn take_by_priority<'a>(&'a self, w: &mut Watching<'a>) -> Option<Taken<Req, Resp>> {
+        if !w.wide && self.lanes_on.load(Ordering::Relaxed) {
+            self.widen(w);
+        }
         let mut passed = self.passed.get();
         let due = (1..LANES).rev().filter(|&l| passed[l] >= self.burst);
         for lane in due.chain(0..LANES) {
-            if let Some(taken) = self.take_lane(lane, select, live) {
+            if let Some(taken) = self.take_lane(lane, w) {
                 passed[lane] = 0;
                 for (l, count) in passed.iter_mut().enumerate().skip(lane + 1) {
                     *count = if self.lane_waiting(l) {
@@ -225,22 +292,15 @@ where
     }
 
     /// A job of `lane`: ready (past its limit) first, then the bounded queues.
-    fn take_lane<'a>(
-        &'a self,
-        lane: usize,
-        select: &mut Select<'a>,
-        live: &mut [bool],
-    ) -> Option<Taken<Req, Resp>> {
-        if let Some((job, permit)) =
-            self.take_from(&self.queues.ready[lane], true, lane, select, live)
-        {
+    fn take_lane<'a>(&'a self, lane: usize, w: &mut Watching<'a>) -> Option<Taken<Req, Resp>> {
+        if let Some((job, permit)) = self.take_from(&self.queues.ready[lane], true, lane, w) {
             return Some(Taken {
                 job,
                 lane,
                 permit: Some(permit),
             });
         }
-        let job = self.take_from(&self.queues.lanes[lane], false, lane, select, live)?;
+        let job = self.take_from(&self.queues.lanes[lane], false, lane, w)?;
         Some(Taken {
             job,
             lane,
@@ -249,29 +309,36 @@ where
     }
 
     /// Own queue first, then the others in order; a disconnected queue is no longer watched.
+    #[inline]
     fn take_from<'a, T>(
         &'a self,
         queues: &[Receiver<T>],
         ready: bool,
         lane: usize,
-        select: &mut Select<'a>,
-        live: &mut [bool],
+        w: &mut Watching<'a>,
     ) -> Option<T> {
         for (q, rx) in queues.iter().enumerate() {
             let slot = self.queues.slot(ready, lane, q);
-            if !live[slot] {
+            if !w.live[slot] {
                 continue;
             }
             match rx.try_recv() {
                 Ok(item) => return Some(item),
                 Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => {
-                    live[slot] = false;
-                    select.remove(slot);
-                }
+                Err(TryRecvError::Disconnected) => w.disconnected(slot),
             }
         }
         None
+    }
+
+    /// Whether every queue it watches is disconnected. (While it watches only the `Normal`
+    /// queues, those stand for all: every bounded queue's sender is in the one intake, and
+    /// no limit ever existed to hold a ready queue's.)
+    fn all_gone(&self, w: &Watching<'_>) -> bool {
+        if w.wide {
+            return !w.live.iter().any(|&l| l);
+        }
+        (0..self.queues.per_lane()).all(|q| !w.live[self.queues.slot(false, NORMAL, q)])
     }
 
     /// Whether a request of `lane` waits in any queue this worker serves.
@@ -280,16 +347,11 @@ where
             || self.queues.ready[lane].iter().any(|q| !q.is_empty())
     }
 
-    /// Slot `i` looked ready, yet the scan found nothing: take what arrived on it since, or
-    /// stop watching it if it is disconnected.
-    fn probe<'a>(
-        &'a self,
-        i: usize,
-        select: &mut Select<'a>,
-        live: &mut [bool],
-    ) -> Option<Taken<Req, Resp>> {
+    /// Queue slot `slot` looked ready, yet the scan found nothing: take
+    /// what arrived on it since, or stop watching it if it is disconnected.
+    fn probe<'a>(&'a self, slot: usize, w: &mut Watching<'a>) -> Option<Taken<Req, Resp>> {
         let per_lane = self.queues.per_lane();
-        let (kind, q) = (i / per_lane, i % per_lane);
+        let (kind, q) = (slot / per_lane, slot % per_lane);
         let lane = kind % LANES;
         let error = if kind >= LANES {
             match self.queues.ready[lane][q].try_recv() {
@@ -308,9 +370,8 @@ where
                 Err(e) => e,
             }
         };
-        if error.is_disconnected() && live[i] {
-            live[i] = false;
-            select.remove(i);
+        if error.is_disconnected() && w.live[slot] {
+            w.disconnected(slot);
         }
         None
     }
@@ -319,6 +380,27 @@ where
         stats.busy = false;
         self.flush(stats);
         *next_flush = self.flush_every.map(|p| Instant::now() + p);
+    }
+}
+
+impl<'a> Watching<'a> {
+    fn watch<T>(&mut self, rx: &'a Receiver<T>, watch: Watch) {
+        let index = self.select.recv(rx);
+        debug_assert_eq!(index, self.map.len(), "select indices grow by one");
+        self.map.push(watch);
+    }
+
+    /// Slot `slot` is disconnected: stop watching it.
+    fn disconnected(&mut self, slot: usize) {
+        self.live[slot] = false;
+        if let Some(i) = self
+            .map
+            .iter()
+            .position(|m| matches!(m, Watch::Slot(s) if *s == slot))
+        {
+            self.select.remove(i);
+            self.map[i] = Watch::Signal; // never selected again
+        }
     }
 }
 
