@@ -203,6 +203,12 @@ impl<Req, Resp> Builder<Req, Resp> {
     /// The bound on queued, not yet started requests; `submit` blocks (and `try_submit`
     /// reports `Full`) beyond it. Default: 1024. `0`, or more than [`MAX_QUEUE_CAPACITY`],
     /// makes `build` fail.
+    ///
+    /// The bound is **per [`Priority`](crate::Priority)**: each priority has its own queue(s)
+    /// of this size, so a backlog of `Low` work never refuses or blocks a `High` submit. The
+    /// slots of all three are allocated at `build` (about 64 bytes each for small requests);
+    /// a [`limited`](crate::Orchestrator::limited) handle has its own waiting room of the
+    /// same size (allocated when it is made).
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = Some(n);
         self

@@ -236,6 +236,35 @@
 //! # Ok::<(), channel_orchestrator::BuildError>(())
 //! ```
 //!
+//! # Priorities and concurrency limits
+//!
+//! [`submit_with_priority`](Orchestrator::submit_with_priority) (and
+//! `try_submit_with_priority`, on every submitting handle) puts a request in the lane of its
+//! [`Priority`]: a free worker takes the most urgent waiting request, FIFO within a priority,
+//! and a waiting request is passed by at most [`priority_burst`](Builder::priority_burst)
+//! (default 8) more urgent ones in a row per worker, so nothing starves. Each priority has its
+//! own queue of `queue_capacity`: batch work never fills the room of urgent work.
+//!
+//! [`Orchestrator::limited`] makes a [`Limited`] handle: at most `k` of its requests run at
+//! once, on the pool's own workers, and one waiting for its turn holds no worker — the rest
+//! of the pool serves everything else meanwhile (at most 4 may talk to the database, at most
+//! 2 may call a rate-limited API). A pool that uses neither pays nothing for them: its
+//! workers watch only the `Normal` queues until the first use.
+//!
+//! ```
+//! use channel_orchestrator::{Orchestrator, Priority};
+//!
+//! let (orch, responses) = Orchestrator::builder().workers(2).build(|x: u32| x * 2)?;
+//! orch.submit_with_priority(1, Priority::High).unwrap();
+//! orch.submit_with_priority(2, Priority::Low).unwrap();
+//! let api = orch.limited(1); // one call to the slow API at a time
+//! assert_eq!(api.call(3), Ok(6));
+//! api.submit(4).unwrap();
+//! assert_eq!(responses.iter().take(3).count(), 3);
+//! assert_eq!(api.metrics().limit, 1);
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
 //! # Calling back into the same pool
 //!
 //! A handler may submit to, and `call`, its own pool (through a [`Submitter`] it captured).

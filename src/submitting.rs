@@ -81,6 +81,25 @@ macro_rules! submitting_methods {
             })
         }
 
+        /// As [`call`](Self::call), at `priority` (see
+        /// [`submit_with_priority`](Self::submit_with_priority)): an urgent request/answer
+        /// that does not wait behind a backlog.
+        ///
+        /// # Errors
+        ///
+        /// As [`call`](Self::call).
+        pub fn call_with_priority(
+            &self,
+            req: Req,
+            priority: crate::Priority,
+        ) -> Result<Resp, CallError<Req>> {
+            let (rx, _blocked) = self.$intake(|intake| {
+                self.handle
+                    .call_begin(intake, req, self.dest(priority.lane()))
+            })?;
+            self.handle.call_wait(rx)
+        }
+
         /// As [`try_submit`](Self::try_submit), at `priority` (see
         /// [`submit_with_priority`](Self::submit_with_priority)).
         ///

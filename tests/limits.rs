@@ -294,3 +294,18 @@ fn a_limited_handle_outliving_its_pool_hands_requests_back() {
     ));
     assert_eq!(limited.limit(), 3);
 }
+
+#[test]
+fn the_first_limited_request_wakes_an_idle_pool_promptly() {
+    let (orch, _responses) = Orchestrator::builder()
+        .workers(2)
+        .build(|x: u32| x + 1)
+        .unwrap();
+    thread::sleep(Duration::from_millis(30)); // every worker is parked by now
+    let limited = orch.limited(1);
+    assert_eq!(
+        within(PROMPT, "limited call", move || limited.call(1)),
+        Ok(2)
+    );
+    orch.shutdown();
+}

@@ -337,9 +337,37 @@ fn submitters_have_the_priority_methods_and_priority_orders_by_urgency() {
     sub.submit_with_priority(1, Priority::Low).unwrap();
     sub.try_submit_with_priority(2, Priority::High).unwrap();
     recv_n(&responses, 2);
+    assert_eq!(sub.call_with_priority(5, Priority::High), Ok(5));
+    assert_eq!(orch.call_with_priority(6, Priority::Low), Ok(6));
     assert!(Priority::Low < Priority::Normal && Priority::Normal < Priority::High);
     assert_eq!(Priority::default(), Priority::Normal);
     assert_eq!(Priority::High.to_string(), "high");
     drop(orch);
     assert!(sub.submit_with_priority(3, Priority::High).is_err());
+}
+
+#[test]
+fn the_first_urgent_request_wakes_an_idle_pool_promptly() {
+    // Until a priority is first used, idle workers watch only the Normal queues; the first
+    // High request must still be taken at once, not when the next Normal one arrives.
+    for workers in [1, 3] {
+        let (orch, responses) = Orchestrator::builder()
+            .workers(workers)
+            .distribution(Distribution::RoundRobin)
+            .build(|x: u32| x)
+            .unwrap();
+        thread::sleep(Duration::from_millis(30)); // every worker is parked by now
+        orch.submit_with_priority(7, Priority::High).unwrap();
+        let r = responses
+            .recv_timeout(common::PROMPT)
+            .expect("taken promptly");
+        assert_eq!(r.outcome, Ok(7));
+        thread::sleep(Duration::from_millis(30));
+        orch.submit_with_priority(8, Priority::Low).unwrap();
+        let r = responses
+            .recv_timeout(common::PROMPT)
+            .expect("taken promptly");
+        assert_eq!(r.outcome, Ok(8));
+        orch.shutdown();
+    }
 }
