@@ -530,9 +530,10 @@ impl<Req: Send + 'static> Builder<Req, Handoff> {
     }
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
+impl<Req, Resp> Orchestrator<Req, Resp> {
     /// A [`Builder`] with every option at its default; the request and response types are
-    /// inferred from the handler given to [`build`](Builder::build).
+    /// inferred from the handler given to [`build`](Builder::build) (or to
+    /// [`scoped`](Builder::scoped), where they may borrow).
     ///
     /// # Examples
     ///

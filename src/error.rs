@@ -369,6 +369,8 @@ pub enum BuildErrorKind {
     ZeroTimingSample,
     /// `priority_burst` is 0.
     ZeroPriorityBurst,
+    /// A scoped pool with per-key queues: `Distribution::by_key` needs `'static` requests.
+    ScopedByKey,
     /// `stack_size` is below [`MIN_STACK_SIZE`](crate::MIN_STACK_SIZE).
     StackTooSmall,
     /// `elastic(min, max)` with `min > max`.
@@ -397,6 +399,7 @@ pub(crate) enum Detail {
     ZeroMetricsInterval,
     ZeroTimingSample,
     ZeroPriorityBurst,
+    ScopedByKey,
     EmptyThreadName,
     NulInThreadName,
     TooManyWorkers,
@@ -442,6 +445,7 @@ impl BuildError {
             Detail::ZeroMetricsInterval => BuildErrorKind::ZeroMetricsInterval,
             Detail::ZeroTimingSample => BuildErrorKind::ZeroTimingSample,
             Detail::ZeroPriorityBurst => BuildErrorKind::ZeroPriorityBurst,
+            Detail::ScopedByKey => BuildErrorKind::ScopedByKey,
             Detail::EmptyThreadName => BuildErrorKind::EmptyThreadName,
             Detail::NulInThreadName => BuildErrorKind::NulInThreadName,
             Detail::TooManyWorkers => BuildErrorKind::TooManyWorkers,
@@ -474,6 +478,9 @@ impl fmt::Display for BuildError {
             Detail::ZeroPriorityBurst => {
                 f.write_str("invalid configuration: priority_burst must be at least 1")
             }
+            Detail::ScopedByKey => f.write_str(
+                "invalid configuration: a scoped pool cannot have per-key queues (by_key)",
+            ),
             Detail::EmptyThreadName => {
                 f.write_str("invalid configuration: thread_name must not be empty")
             }

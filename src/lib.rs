@@ -340,6 +340,8 @@ mod reentry;
 mod report;
 mod response;
 mod runtime;
+mod scoped;
+mod spawn;
 mod submitting;
 mod supervisor;
 mod unwind;
@@ -372,6 +374,7 @@ pub use crate::process::{Process, ProcessOrdered};
 pub use crate::report::{ShutdownReport, ShutdownSummary};
 pub use crate::response::Response;
 pub use crate::runtime::{DEFAULT_SUBSCRIBER_CAPACITY, MAX_SUBSCRIBER_CAPACITY};
+pub use crate::scoped::Scoped;
 
 /// Compile-time checks of the auto traits the contract promises.
 #[allow(dead_code)]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::MAX_TIMING_SAMPLE;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, never, select, tick, unbounded};
@@ -28,6 +28,7 @@ use crate::metrics::{
 };
 use crate::priority::{ByPriority, LANES, NORMAL};
 use crate::report::ShutdownSummary;
+use crate::spawn::{Join, Spawn};
 
 /// The counters that submitting handles share with the metrics thread.
 ///
@@ -45,7 +46,7 @@ pub(crate) struct Counters {
 
 /// Reads the number of queued requests per priority lane (the sum of the queues' `len()`,
 /// and of the requests waiting at limits).
-pub(crate) type QueueLen = Box<dyn Fn() -> [u64; LANES] + Send>;
+pub(crate) type QueueLen<'p> = Box<dyn Fn() -> [u64; LANES] + Send + 'p>;
 
 struct Subscriber {
     tx: Sender<MetricsEvent>,
@@ -78,12 +79,12 @@ struct WorkerTotals {
 }
 
 /// How the metrics thread is set up.
-pub(crate) struct MetricsConfig {
+pub(crate) struct MetricsConfig<'p> {
     /// The snapshot period. Snapshots go out with metrics off too (their counts are zero
     /// until the end): sending is also how dropped subscriptions are noticed and freed.
     pub(crate) interval: Duration,
     pub(crate) workers: usize,
-    pub(crate) queue_len: QueueLen,
+    pub(crate) queue_len: QueueLen<'p>,
     pub(crate) counters: Arc<Counters>,
     /// The mask of timed request ids (see `intake::Shared::sampling`), and whether this
     /// thread adapts it; `None` with metrics off.
@@ -96,17 +97,17 @@ pub(crate) struct MetricsConfig {
 
 /// A started metrics thread: its handle, and the sender of user requests (`metrics()`,
 /// `subscribe()`); dropping that sender tells it no more will come.
-pub(crate) struct Started {
-    pub(crate) thread: JoinHandle<ShutdownSummary>,
+pub(crate) struct Started<'p> {
+    pub(crate) thread: Join<'p, ShutdownSummary>,
     pub(crate) requests: Sender<MetricsRequest>,
 }
 
-pub(crate) struct MetricsThread {
+pub(crate) struct MetricsThread<'p> {
     inbox: Receiver<ToMetrics>,
     control: Receiver<MetricsRequest>,
     interval: Duration,
     workers: usize,
-    queue_len: QueueLen,
+    queue_len: QueueLen<'p>,
     counters: Arc<Counters>,
     started: Instant,
     /// The adaptive sampling mask this thread sets, with the cost of one clock read.
@@ -172,14 +173,15 @@ struct State {
     throughput: f64,
 }
 
-impl MetricsThread {
+impl<'p> MetricsThread<'p> {
     /// The thread's body: runs until the supervisor sends `Finish`; returns the exact totals.
     /// Starts the thread `"{name}-metrics"`, reading `inbox` until the supervisor's `Finish`.
-    pub(crate) fn spawn(
+    pub(crate) fn spawn<Sp: Spawn<'p>>(
+        sp: Sp,
         name: &str,
         inbox: Receiver<ToMetrics>,
-        cfg: MetricsConfig,
-    ) -> io::Result<Started> {
+        cfg: MetricsConfig<'p>,
+    ) -> io::Result<Started<'p>> {
         let (requests, control) = unbounded();
         let me = MetricsThread {
             inbox,
@@ -198,9 +200,8 @@ impl MetricsThread {
             live: cfg.live,
             epoch: cfg.epoch,
         };
-        let thread = thread::Builder::new()
-            .name(format!("{name}-metrics"))
-            .spawn(move || me.run())?;
+        let b = thread::Builder::new().name(format!("{name}-metrics"));
+        let thread = sp.spawn(b, move || me.run())?;
         Ok(Started { thread, requests })
     }
 

@@ -17,14 +17,14 @@ use crate::error::{
 use crate::ids::RequestId;
 use crate::intake::{Dest, Handle, Intake};
 use crate::limited::Limited;
-use crate::message::{Job, Route, Shutdown};
+use crate::message::Shutdown;
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
 use crate::priority::NORMAL;
-use crate::process::{Feeder, MakeJob, Process, ProcessOrdered, Tag};
+use crate::process::{Feeder, MakeJob, Process, ProcessOrdered, direct_job};
 use crate::report::ShutdownReport;
 use crate::response::Response;
 use crate::runtime::{DEFAULT_SUBSCRIBER_CAPACITY, Parts, Running, deadline_after};
-use crate::submitting::submitting_methods;
+use crate::submitting::{pool_methods, submitting_methods};
 use crate::unwind::drop_quietly;
 
 /// A pool of worker threads behind a bounded queue; see the [crate docs](crate) for a tour.
@@ -35,7 +35,7 @@ use crate::unwind::drop_quietly;
 /// no thread outlives it.
 pub struct Orchestrator<Req, Resp> {
     handle: Handle<Req, Resp>,
-    running: Option<Running<Req, Resp>>,
+    running: Option<Running<'static, Req, Resp>>,
     workers: usize,
     queue_capacity: usize,
 }
@@ -96,7 +96,7 @@ impl<Req, Resp> Clone for Submitter<Req, Resp> {
 
 impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// Wraps a started pool; returns it with the receiver of its responses.
-    pub(crate) fn from_parts(parts: Parts<Req, Resp>) -> (Self, Receiver<Response<Resp>>) {
+    pub(crate) fn from_parts(parts: Parts<'static, Req, Resp>) -> (Self, Receiver<Response<Resp>>) {
         let orch = Orchestrator {
             handle: parts.handle,
             running: Some(parts.running),
@@ -106,7 +106,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         (orch, parts.responses)
     }
 
-    fn running(&self) -> &Running<Req, Resp> {
+    fn running(&self) -> &Running<'static, Req, Resp> {
         // Only a shutdown (which takes `self`) or `Drop` empties it.
         self.running
             .as_ref()
@@ -161,64 +161,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
         self.handle.resize(n)
     }
 
-    /// Feeds `inputs` through the pool from this one thread and yields each [`Response`] as
-    /// it completes (in completion order; see [`process_ordered`](Self::process_ordered)).
-    ///
-    /// The iterator sends and receives at once (a `select!` over the queue and its own
-    /// response channel), so it never deadlocks whatever the capacities, and it keeps at most
-    /// a window of `queue_capacity + workers` requests in flight (at most 65,536) however
-    /// long the input is. Its responses travel on a private channel, never on the shared
-    /// responses channel, so several `process` calls and ordinary submits can run at once.
-    /// Dropping it early stops feeding; every input it already pulled from `inputs` still
-    /// runs, and it waits for the requests in flight, so none is stranded in the pool; their
-    /// responses are discarded and counted as undelivered.
-    ///
-    /// [`Response`]: crate::Response
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (orch, _responses) = channel_orchestrator::Orchestrator::builder()
-    ///     .workers(2)
-    ///     .queue_capacity(1)
-    ///     .build(|x: u64| x * 2)?;
-    /// let sum: u64 = orch.process(0..10_000).map(|r| r.outcome.unwrap()).sum();
-    /// assert_eq!(sum, 2 * (0..10_000).sum::<u64>());
-    /// # Ok::<(), channel_orchestrator::BuildError>(())
-    /// ```
-    pub fn process<I>(&self, inputs: I) -> Process<'_, Req, Resp, I::IntoIter>
-    where
-        I: IntoIterator<Item = Req>,
-    {
-        Process::new(self.feeder(inputs.into_iter(), direct_job))
-    }
-
-    /// As [`process`](Self::process), yielding responses in input order.
-    ///
-    /// Out-of-order results wait in a reorder buffer of at most one window (grown as
-    /// needed). Feeding never runs more than a window ahead of the oldest unanswered input,
-    /// so memory stays bounded: one slow request holds up the stream — feeding stops once the
-    /// window is full — until it completes.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (orch, _responses) = channel_orchestrator::Orchestrator::builder()
-    ///     .workers(4)
-    ///     .build(|word: &'static str| word.len())?;
-    /// let lens: Vec<usize> = orch
-    ///     .process_ordered(["a", "bb", "ccc", "dddd"])
-    ///     .map(|r| r.outcome.unwrap())
-    ///     .collect();
-    /// assert_eq!(lens, [1, 2, 3, 4]);
-    /// # Ok::<(), channel_orchestrator::BuildError>(())
-    /// ```
-    pub fn process_ordered<I>(&self, inputs: I) -> ProcessOrdered<'_, Req, Resp, I::IntoIter>
-    where
-        I: IntoIterator<Item = Req>,
-    {
-        ProcessOrdered::new(self.feeder(inputs.into_iter(), direct_job))
-    }
+    pool_methods!();
 
     /// A feeder of `inputs`, making each job with `make`: the one way in for `process` and
     /// for a pipeline's first stage.
@@ -301,37 +244,6 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// [`MAX_QUEUE_CAPACITY`](crate::MAX_QUEUE_CAPACITY).
     pub fn limited_with_capacity(&self, k: usize, capacity: usize) -> Limited<Req, Resp> {
         Limited::new(&self.handle, k, capacity)
-    }
-
-    /// The current metrics, asked of the metrics thread (a round trip over a channel).
-    /// Counts may lag by up to one `metrics_interval` and never overshoot.
-    ///
-    /// # Panics
-    ///
-    /// Only if the metrics thread died, which would be a bug in this crate.
-    pub fn metrics(&self) -> MetricsSnapshot {
-        self.running().metrics()
-    }
-
-    /// Subscribes to the metrics stream with a buffer of [`DEFAULT_SUBSCRIBER_CAPACITY`]
-    /// events; see [`subscribe_with_capacity`](Self::subscribe_with_capacity).
-    pub fn subscribe(&self) -> Receiver<MetricsEvent> {
-        self.subscribe_with_capacity(DEFAULT_SUBSCRIBER_CAPACITY)
-    }
-
-    /// Subscribes to the metrics stream: a `Snapshot` every `metrics_interval`, a `Worker`
-    /// event on each worker lifecycle change, and last a `Shutdown` event with exact totals,
-    /// after which the channel disconnects.
-    ///
-    /// The subscriber buffers up to `capacity` events (at least 1, at most
-    /// [`MAX_SUBSCRIBER_CAPACITY`](crate::MAX_SUBSCRIBER_CAPACITY)). If its buffer is full when an event is sent, it is
-    /// evicted: it still receives what it had buffered, then sees the channel disconnected.
-    /// (One slot beyond `capacity` is reserved for the final `Shutdown` event, which
-    /// therefore reaches every subscriber that was not evicted.) A slow or stalled subscriber
-    /// never slows the workers. Dropping the receiver unsubscribes; one dropped while its
-    /// buffer was full counts in `evicted_subscribers`.
-    pub fn subscribe_with_capacity(&self, capacity: usize) -> Receiver<MetricsEvent> {
-        self.running().subscribe(capacity)
     }
 
     /// Closes intake, runs every queued request, joins every thread.
@@ -509,13 +421,4 @@ impl<Req: Send + 'static, Resp: Send + 'static> Submitter<Req, Resp> {
     }
 
     submitting_methods!(with_intake);
-}
-
-/// The job of one `process` input.
-fn direct_job<Req: Send + 'static, Resp: Send + 'static>(
-    handle: &Handle<Req, Resp>,
-    req: Req,
-    (tx, seq): Tag<Resp>,
-) -> Job<Req, Resp> {
-    handle.job(req, None, Route::Process(tx, seq))
 }

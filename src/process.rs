@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 use crossbeam_utils::Backoff;
 
 use crate::intake::{Handle, Intake, Refusal};
-use crate::message::Job;
+use crate::message::{Job, Route};
 use crate::priority::NORMAL;
 use crate::response::Response;
 use crate::unwind::drop_quietly;
@@ -30,7 +30,7 @@ pub(crate) type MakeJob<Req, Resp, Item, Out> =
     fn(&Handle<Req, Resp>, Item, Tag<Out>) -> Job<Req, Resp>;
 
 /// Feeds inputs and collects `(position, response)` pairs.
-pub(crate) struct Feeder<'a, Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> {
+pub(crate) struct Feeder<'a, Req: Send, Resp: Send, Out, I: Iterator> {
     handle: &'a Handle<Req, Resp>,
     intake: &'a Intake<Req, Resp>,
     inputs: Fuse<I>,
@@ -46,8 +46,8 @@ pub(crate) struct Feeder<'a, Req: Send + 'static, Resp: Send + 'static, Out, I: 
 
 impl<'a, Req, Resp, Out, I> Feeder<'a, Req, Resp, Out, I>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
+    Req: Send,
+    Resp: Send,
     I: Iterator,
 {
     pub(crate) fn new(
@@ -79,8 +79,8 @@ where
     /// arrives. `None` when nothing is in flight and nothing more may be fed.
     pub(crate) fn step(&mut self, limit: u64) -> Option<(u64, Response<Out>)>
     where
-        Req: Send + 'static,
-        Resp: Send + 'static,
+        Req: Send,
+        Resp: Send,
     {
         'feed: loop {
             if self.pending.is_none()
@@ -160,9 +160,7 @@ where
     }
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> Drop
-    for Feeder<'_, Req, Resp, Out, I>
-{
+impl<Req: Send, Resp: Send, Out, I: Iterator> Drop for Feeder<'_, Req, Resp, Out, I> {
     /// Dropped early: an input already pulled from the source but not queued yet still goes
     /// through the pool (dropping the iterator loses nothing it took), then this waits for
     /// the requests in flight (at most a window), so none is stranded in the pool, and counts
@@ -191,16 +189,14 @@ impl<Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> Drop
 }
 
 /// Yields a feeder's responses in input order, through a reorder buffer of one window.
-pub(crate) struct Ordered<'a, Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> {
+pub(crate) struct Ordered<'a, Req: Send, Resp: Send, Out, I: Iterator> {
     feeder: Feeder<'a, Req, Resp, Out, I>,
     /// Responses that arrived before their turn, at `position % window`.
     reorder: Vec<Option<Response<Out>>>,
     next_out: u64,
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> Drop
-    for Ordered<'_, Req, Resp, Out, I>
-{
+impl<Req: Send, Resp: Send, Out, I: Iterator> Drop for Ordered<'_, Req, Resp, Out, I> {
     /// Responses that arrived but were never yielded are undelivered too.
     fn drop(&mut self) {
         let waiting = self.reorder.iter().filter(|r| r.is_some()).count() as u64;
@@ -213,8 +209,8 @@ impl<Req: Send + 'static, Resp: Send + 'static, Out, I: Iterator> Drop
 
 impl<'a, Req, Resp, Out, I> Ordered<'a, Req, Resp, Out, I>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
+    Req: Send,
+    Resp: Send,
     I: Iterator,
 {
     pub(crate) fn new(feeder: Feeder<'a, Req, Resp, Out, I>) -> Self {
@@ -252,14 +248,14 @@ where
 /// The iterator of [`Orchestrator::process`](crate::Orchestrator::process): responses in
 /// completion order.
 #[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
-pub struct Process<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator> {
+pub struct Process<'a, Req: Send, Resp: Send, I: Iterator> {
     feeder: Feeder<'a, Req, Resp, Resp, I>,
 }
 
 impl<'a, Req, Resp, I> Process<'a, Req, Resp, I>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
+    Req: Send,
+    Resp: Send,
     I: Iterator<Item = Req>,
 {
     pub(crate) fn new(feeder: Feeder<'a, Req, Resp, Resp, I>) -> Self {
@@ -269,8 +265,8 @@ where
 
 impl<Req, Resp, I> Iterator for Process<'_, Req, Resp, I>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
+    Req: Send,
+    Resp: Send,
     I: Iterator<Item = Req>,
 {
     type Item = Response<Resp>;
@@ -283,14 +279,14 @@ where
 /// The iterator of [`Orchestrator::process_ordered`](crate::Orchestrator::process_ordered):
 /// responses in input order.
 #[must_use = "iterators are lazy: nothing is submitted until it is iterated"]
-pub struct ProcessOrdered<'a, Req: Send + 'static, Resp: Send + 'static, I: Iterator> {
+pub struct ProcessOrdered<'a, Req: Send, Resp: Send, I: Iterator> {
     ordered: Ordered<'a, Req, Resp, Resp, I>,
 }
 
 impl<'a, Req, Resp, I> ProcessOrdered<'a, Req, Resp, I>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
+    Req: Send,
+    Resp: Send,
     I: Iterator<Item = Req>,
 {
     pub(crate) fn new(feeder: Feeder<'a, Req, Resp, Resp, I>) -> Self {
@@ -302,8 +298,8 @@ where
 
 impl<Req, Resp, I> Iterator for ProcessOrdered<'_, Req, Resp, I>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
+    Req: Send,
+    Resp: Send,
     I: Iterator<Item = Req>,
 {
     type Item = Response<Resp>;
@@ -313,9 +309,7 @@ where
     }
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator> fmt::Debug
-    for Process<'_, Req, Resp, I>
-{
+impl<Req: Send, Resp: Send, I: Iterator> fmt::Debug for Process<'_, Req, Resp, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Process")
             .field("fed", &self.feeder.next_seq)
@@ -324,9 +318,7 @@ impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator> fmt::Debug
     }
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator> fmt::Debug
-    for ProcessOrdered<'_, Req, Resp, I>
-{
+impl<Req: Send, Resp: Send, I: Iterator> fmt::Debug for ProcessOrdered<'_, Req, Resp, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessOrdered")
             .field("fed", &self.ordered.feeder.next_seq)
@@ -334,4 +326,13 @@ impl<Req: Send + 'static, Resp: Send + 'static, I: Iterator> fmt::Debug
             .field("in_flight", &self.ordered.feeder.in_flight)
             .finish_non_exhaustive()
     }
+}
+
+/// The job of one `process` input.
+pub(crate) fn direct_job<Req: Send, Resp: Send>(
+    handle: &Handle<Req, Resp>,
+    req: Req,
+    (tx, seq): Tag<Resp>,
+) -> Job<Req, Resp> {
+    handle.job(req, None, Route::Process(tx, seq))
 }

@@ -22,7 +22,6 @@ use std::io;
 use std::panic;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -32,7 +31,7 @@ use crate::distribution::Spread;
 use crate::error::{BuildError, Detail};
 use crate::gate::LimitWaiting;
 use crate::ids::WorkerId;
-use crate::intake::{Handle, Intake, Shared};
+use crate::intake::{Handle, Intake, Shared, Statics};
 use crate::message::{Live, MetricsRequest, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::{MetricsEvent, MetricsSnapshot};
 use crate::metrics_thread::{self, Counters, MetricsConfig, MetricsThread};
@@ -40,13 +39,14 @@ use crate::priority::LANES;
 use crate::reentry::Blocked;
 use crate::report::{ShutdownReport, ShutdownSummary};
 use crate::response::Response;
+use crate::spawn::{Global, Join, Spawn};
 use crate::supervisor::{self, Outcome, Supervisor, SupervisorLinks};
-use crate::worker::{Forward, Links, Queues, Recipe, Retire, Slot as SlotIo, SpawnWorker};
+use crate::worker::{self, Forward, Links, Queues, Recipe, Retire, Slot as SlotIo, SpawnWorker};
 
 /// A started pool: what the facade wraps.
-pub(crate) struct Parts<Req, Resp> {
+pub(crate) struct Parts<'p, Req, Resp> {
     pub(crate) handle: Handle<Req, Resp>,
-    pub(crate) running: Running<Req, Resp>,
+    pub(crate) running: Running<'p, Req, Resp>,
     pub(crate) responses: Receiver<Response<Resp>>,
     pub(crate) workers: usize,
     pub(crate) queue_capacity: usize,
@@ -78,30 +78,30 @@ pub(crate) struct Config {
 static NEXT_POOL: AtomicU64 = AtomicU64::new(0);
 
 /// The threads and channels of a running pool; taken by the first shutdown.
-pub(crate) struct Running<Req, Resp> {
+pub(crate) struct Running<'p, Req, Resp> {
     _resp: std::marker::PhantomData<fn() -> Resp>,
     /// Dropped when a shutdown starts: wakes submits blocked on a full queue.
     closed: Sender<Never>,
     stop: Arc<AtomicBool>,
-    supervisor: JoinHandle<Outcome<Req>>,
+    supervisor: Join<'p, Outcome<Req>>,
     supervisor_ctl: Sender<Shutdown>,
-    metrics_thread: JoinHandle<ShutdownSummary>,
+    metrics_thread: Join<'p, ShutdownSummary>,
     metrics_ctl: Sender<MetricsRequest>,
 }
 
 /// Tears down a half-started pool when dropped: closes the queues (every started worker
 /// then exits), drops the spawner (its channel ends), joins the workers, then lets the
 /// metrics thread see its inbox close and joins it. Defused by taking its parts.
-struct StartGuard<Req, Resp> {
+struct StartGuard<'p, Req, Resp> {
     senders: Option<Intake<Req, Resp>>,
-    spawner: Option<SpawnWorker>,
-    workers: Vec<JoinHandle<()>>,
+    spawner: Option<SpawnWorker<'p>>,
+    workers: Vec<Join<'p, ()>>,
     retire: Vec<Retire>,
     metrics_tx: Option<Sender<ToMetrics>>,
-    metrics: Option<metrics_thread::Started>,
+    metrics: Option<metrics_thread::Started<'p>>,
 }
 
-impl<Req, Resp> Drop for StartGuard<Req, Resp> {
+impl<Req, Resp> Drop for StartGuard<'_, Req, Resp> {
     fn drop(&mut self) {
         drop(self.senders.take());
         drop(self.spawner.take());
@@ -116,19 +116,47 @@ impl<Req, Resp> Drop for StartGuard<Req, Resp> {
     }
 }
 
-/// Wires the channels and starts every thread; on any failure tears down what started.
+/// What only a pool of `'static` types has (see [`start_in`]).
+pub(crate) type Typed<Req, Resp, I, H> =
+    (worker::Enter<Req, Resp, I, H>, Option<Statics<Req, Resp>>);
+
+/// [`start_in`] for a pool of `'static` types on threads of the process, with everything
+/// only such a pool has (re-entrant calls, cached reply channels, per-key queues).
 pub(crate) fn start<Req, Resp, S, I, H>(
     cfg: Config,
     init: I,
     handler: H,
     forward: Option<Forward<Resp>>,
-) -> Result<Parts<Req, Resp>, BuildError>
+) -> Result<Parts<'static, Req, Resp>, BuildError>
 where
     Req: Send + 'static,
     Resp: Send + 'static,
     S: 'static,
     I: Fn(WorkerId) -> S + Send + Sync + 'static,
     H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+{
+    let typed = (worker::reentrant(), Some(Statics::new()));
+    start_in(Global, cfg, init, handler, forward, typed)
+}
+
+/// Wires the channels and starts every thread with `sp` (the process, or a scope); on any
+/// failure tears down what started. `typed`: what only a pool of `'static` types has (see
+/// [`Statics`] and [`worker::Enter`]); `None`s for a scoped pool.
+pub(crate) fn start_in<'p, Sp, Req, Resp, S, I, H>(
+    sp: Sp,
+    cfg: Config,
+    init: I,
+    handler: H,
+    forward: Option<Forward<Resp>>,
+    (enter, statics): Typed<Req, Resp, I, H>,
+) -> Result<Parts<'p, Req, Resp>, BuildError>
+where
+    Sp: Spawn<'p>,
+    Req: Send + 'p,
+    Resp: Send + 'p,
+    S: 'p,
+    I: Fn(WorkerId) -> S + Send + Sync + 'p,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'p,
 {
     let n = cfg.workers;
     let per_worker_queues = matches!(cfg.distribution, Spread::RoundRobin | Spread::ByKey(_));
@@ -214,13 +242,14 @@ where
         },
         flush_every: cfg.metrics.then(|| cfg.metrics_interval / 2),
         forward,
+        enter,
         epoch,
         init: Arc::new(init),
         handler: Arc::new(handler),
     };
     let mut guard = StartGuard {
         senders: Some(senders),
-        spawner: Some(recipe.spawner()),
+        spawner: Some(recipe.spawner(sp)),
         workers: Vec::with_capacity(n),
         retire: Vec::with_capacity(n),
         metrics_tx: Some(metrics_tx),
@@ -290,7 +319,7 @@ where
             .then(|| live.iter().flatten().cloned().collect()),
         epoch,
     };
-    match MetricsThread::spawn(&cfg.thread_name, metrics_rx, metrics_cfg) {
+    match MetricsThread::spawn(sp, &cfg.thread_name, metrics_rx, metrics_cfg) {
         Ok(started) => guard.metrics = Some(started),
         Err(source) => return Err(spawn_error(format!("{}-metrics", cfg.thread_name), source)),
     }
@@ -318,7 +347,7 @@ where
         .spawner
         .take()
         .expect("held until the supervisor starts");
-    let sup = match Supervisor::spawn(&cfg.thread_name, links, spawner) {
+    let sup = match Supervisor::spawn(sp, &cfg.thread_name, links, spawner) {
         Ok(sup) => sup,
         Err(source) => {
             let thread = format!("{}-supervisor", cfg.thread_name);
@@ -358,6 +387,7 @@ where
         counters,
         sampling,
         replies: bounded(crate::intake::REPLY_POOL),
+        statics,
         epoch,
         pool,
         blocked,
@@ -395,7 +425,7 @@ pub const MAX_SUBSCRIBER_CAPACITY: usize = 1 << 20;
 /// The default buffer of a subscription made with `subscribe`.
 pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 64;
 
-impl<Req, Resp> Running<Req, Resp> {
+impl<Req, Resp> Running<'_, Req, Resp> {
     /// The current metrics, asked of the metrics thread (a round trip over a channel).
     pub(crate) fn metrics(&self) -> MetricsSnapshot {
         let (reply, rx) = bounded(1);

@@ -11,7 +11,6 @@ use crossbeam_channel::{Receiver, bounded};
 use super::{Begun, Dest, Handle, Intake, Reentry, Refusal, ReplyPair, Wait};
 use crate::error::{CallError, CallTimeoutError, JobError};
 use crate::message::{Reply, Route};
-use crate::reentry;
 use crate::unwind::drop_quietly;
 
 thread_local! {
@@ -21,46 +20,66 @@ thread_local! {
     static REPLY: RefCell<Option<(u64, Box<dyn Any>)>> = const { RefCell::new(None) };
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
-    /// A reply channel pair for a `call`: this thread's cached one, else one from the pool,
-    /// else a new one.
+/// This thread's cached reply pair for `pool`, if it holds one.
+pub(crate) fn cached_reply<Req: 'static, Resp: 'static>(pool: u64) -> Option<ReplyPair<Req, Resp>> {
+    REPLY.with(|r| match &mut *r.borrow_mut() {
+        Some((of, slot)) if *of == pool => slot
+            .downcast_mut::<Option<ReplyPair<Req, Resp>>>()
+            .and_then(Option::take),
+        _ => None,
+    })
+}
+
+/// Keeps `pair` in this thread's cache; returns it if the cache holds one for `pool` already.
+pub(crate) fn keep_reply<Req: 'static, Resp: 'static>(
+    pool: u64,
+    pair: ReplyPair<Req, Resp>,
+) -> Option<ReplyPair<Req, Resp>> {
+    REPLY.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some((of, slot)) = &mut *r
+            && *of == pool
+            && let Some(free) = slot.downcast_mut::<Option<ReplyPair<Req, Resp>>>()
+        {
+            return match free {
+                None => {
+                    *free = Some(pair);
+                    None
+                }
+                Some(_) => Some(pair),
+            };
+        }
+        // The cache held another pool's pair (or nothing): it now serves this pool.
+        let old = r.replace((pool, Box::new(Some(pair))));
+        drop(r);
+        drop_quietly(old);
+        None
+    })
+}
+
+impl<Req: Send, Resp: Send> Handle<Req, Resp> {
+    /// A reply channel pair for a `call`: this thread's cached one (pools of `'static`
+    /// types), else one from the pool, else a new one.
     pub(super) fn reply_pair(&self) -> ReplyPair<Req, Resp> {
         let pool = self.shared.pool;
-        let cached = REPLY.with(|r| match &mut *r.borrow_mut() {
-            Some((of, slot)) if *of == pool => slot
-                .downcast_mut::<Option<ReplyPair<Req, Resp>>>()
-                .and_then(Option::take),
-            _ => None,
-        });
+        let cached = self
+            .shared
+            .statics
+            .as_ref()
+            .and_then(|s| (s.take_reply)(pool));
         cached
             .or_else(|| self.shared.replies.1.try_recv().ok())
             .unwrap_or_else(|| bounded(1))
     }
 
     /// Gives a reply channel pair back: to this thread's cache (no channel operation), or,
-    /// if it holds one already, to the pool.
+    /// if it holds one already (or cannot), to the pool.
     pub(super) fn recycle(&self, pair: ReplyPair<Req, Resp>) {
         let pool = self.shared.pool;
-        let spare = REPLY.with(|r| {
-            let mut r = r.borrow_mut();
-            if let Some((of, slot)) = &mut *r
-                && *of == pool
-                && let Some(free) = slot.downcast_mut::<Option<ReplyPair<Req, Resp>>>()
-            {
-                return match free {
-                    None => {
-                        *free = Some(pair);
-                        None
-                    }
-                    Some(_) => Some(pair),
-                };
-            }
-            // The cache held another pool's pair (or nothing): it now serves this pool.
-            let old = r.replace((pool, Box::new(Some(pair))));
-            drop(r);
-            drop_quietly(old);
-            None
-        });
+        let spare = match &self.shared.statics {
+            Some(s) => (s.keep_reply)(pool, pair),
+            None => Some(pair),
+        };
         if let Some(pair) = spare {
             let _ = self.shared.replies.0.try_send(pair);
         }
@@ -79,10 +98,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         // for itself, so the request runs nested in it, under the caller's permit.
         let nested = matches!(dest, Dest::Gate(limit, _) if limit.gate.runs_here());
         let reentry = if nested {
-            reentry::inline_runner::<Req, Resp>(self.shared.pool)
+            self.inline_runner()
                 .map_or(Reentry::Wait(None), |(_, inline)| Reentry::Inline(inline))
         } else {
-            self.reentry(|| Self::key_queue(intake, &req))
+            self.reentry(|| self.key_queue(intake, &req))
         };
         let guard = match reentry {
             Reentry::Wait(guard) => guard,

@@ -43,7 +43,7 @@ impl<Req, Resp> Clone for Limit<Req, Resp> {
     }
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
+impl<Req: Send, Resp: Send> Handle<Req, Resp> {
     /// A new limit of `k` permits whose requests wait in a queue of `capacity`, registered
     /// with the supervisor before any request can use it.
     pub(crate) fn limit(&self, k: usize, capacity: usize) -> Limit<Req, Resp> {

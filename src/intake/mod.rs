@@ -61,12 +61,14 @@ use crate::ids::RequestId;
 use crate::message::{Job, Never, Reply, Route, Stamp};
 use crate::metrics_thread::Counters;
 use crate::priority::{LANES, NORMAL};
-use crate::reentry::{self, Blocked, Inline};
+use crate::reentry::{Blocked, Inline};
 
 mod calls;
 mod limit;
+mod statics;
 
 pub(crate) use limit::{Dest, Limit};
+pub(crate) use statics::Statics;
 
 /// Ids a thread takes from its pool's counter at a time.
 const ID_BLOCK: u64 = 256;
@@ -123,6 +125,8 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) sampling: Option<Arc<AtomicU64>>,
     /// Idle reply channels for `call`.
     pub(crate) replies: ReplyPool<Req, Resp>,
+    /// What only a pool of `'static` types has (`None` for a scoped pool).
+    pub(crate) statics: Option<Statics<Req, Resp>>,
     /// The moment the pool's [`Stamp`]s count from.
     pub(crate) epoch: Instant,
     /// This pool's id, unique in the process: how a worker thread recognises a handler that
@@ -308,7 +312,7 @@ impl<Req, Resp> Handle<Req, Resp> {
     }
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
+impl<Req: Send, Resp: Send> Handle<Req, Resp> {
     /// A fresh request id.
     ///
     /// Ids are handed out in blocks of [`ID_BLOCK`] to each thread (a thread-local cache), so
@@ -363,7 +367,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
         let n = intake.lanes[NORMAL].len();
         match &intake.key {
             _ if n == 1 => (0, false),
-            Some(key) => (key.queue(req, n), false),
+            Some(key) => (self.key_of(key, req, n), false),
             None => (self.cursor.fetch_add(1, Ordering::Relaxed) % n, true),
         }
     }
@@ -398,7 +402,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     /// worker free, or — with per-key queues — the request's own worker (`target`, computed
     /// only for a re-entrant caller) is this one or is blocked too.
     fn reentry(&self, target: impl FnOnce() -> Option<usize>) -> Reentry<'_, Req, Resp> {
-        let Some((me, inline)) = reentry::inline_runner::<Req, Resp>(self.shared.pool) else {
+        let Some((me, inline)) = self.inline_runner() else {
             return Reentry::Wait(None);
         };
         let blocked = &*self.shared.blocked;
@@ -410,10 +414,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Handle<Req, Resp> {
     }
 
     /// The per-key queue (= worker) of `req`, if this pool has per-key queues.
-    fn key_queue(intake: Option<&Intake<Req, Resp>>, req: &Req) -> Option<usize> {
+    fn key_queue(&self, intake: Option<&Intake<Req, Resp>>, req: &Req) -> Option<usize> {
         let intake = intake?;
         let key = intake.key.as_ref()?;
-        Some(key.queue(req, intake.lanes[NORMAL].len()))
+        Some(self.key_of(key, req, intake.lanes[NORMAL].len()))
     }
 
     /// Puts a job where `dest` says, waiting as `wait` says. On refusal the job comes back.

@@ -11,9 +11,9 @@ use crate::message::{Live, ToMetrics};
 use crate::metrics::WorkerEventKind;
 use crate::worker::Slot as SlotIo;
 
-impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
+impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
     /// Slots that are part of the pool: running, or dead and about to be replaced.
-    fn active(slots: &[Slot]) -> Vec<usize> {
+    fn active(slots: &[Slot<'p>]) -> Vec<usize> {
         (0..slots.len())
             .filter(|&i| {
                 let s = &slots[i];
@@ -26,7 +26,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     /// retires the newest ones (each leaves after its current job). Not during a shutdown.
     ///
     /// Returns `false` if it must try again shortly (a retirement had to wait).
-    pub(super) fn apply_target(&mut self, slots: &mut Vec<Slot>) -> bool {
+    pub(super) fn apply_target(&mut self, slots: &mut Vec<Slot<'p>>) -> bool {
         if self.shutting_down {
             return true;
         }
@@ -57,7 +57,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     }
 
     /// Starts one more worker, in a retired slot if there is one.
-    fn add_worker(&mut self, slots: &mut Vec<Slot>) -> Option<usize> {
+    fn add_worker(&mut self, slots: &mut Vec<Slot<'p>>) -> Option<usize> {
         let i = match slots.iter().position(|s| s.retired && !s.running) {
             Some(i) => i,
             None => {
@@ -99,7 +99,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     /// The elastic rule, every `ELASTIC_CHECK`: one more worker (up to the maximum) while
     /// requests wait and every worker is busy; one fewer (down to the minimum) when a worker
     /// has been idle for the keep-alive.
-    pub(super) fn elastic_check(&mut self, slots: &mut Vec<Slot>) {
+    pub(super) fn elastic_check(&mut self, slots: &mut Vec<Slot<'p>>) {
         if self.shutting_down {
             return;
         }

@@ -6,7 +6,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick};
@@ -18,6 +18,7 @@ use crate::message::Live;
 use crate::message::{Job, Never, Shutdown, Status, ToMetrics};
 use crate::metrics::WorkerEventKind;
 use crate::reentry::Blocked;
+use crate::spawn::{Join, Spawn};
 use crate::unwind::{drop_quietly, panic_message};
 use crate::worker::{Queues, Retire, Slot as SlotIo, SpawnWorker};
 
@@ -45,8 +46,8 @@ pub(crate) struct Outcome<Req> {
     pub(crate) unstarted: Vec<(RequestId, Req)>,
 }
 
-struct Slot {
-    handle: Option<JoinHandle<()>>,
+struct Slot<'p> {
+    handle: Option<Join<'p, ()>>,
     /// The slot's live totals (a replacement continues them).
     live: Option<Live>,
     /// Retires the current thread (see `worker::Retire`).
@@ -107,21 +108,21 @@ pub(crate) struct SupervisorLinks<Req, Resp> {
 }
 
 /// One initial worker, as the supervisor takes it over.
-pub(crate) type Initial = (JoinHandle<()>, Retire, Option<Live>);
+pub(crate) type Initial<'p> = (Join<'p, ()>, Retire, Option<Live>);
 
 /// A started supervisor: its thread, the channel for the one shutdown command, and the
 /// channel on which it waits for the worker threads' handles.
-pub(crate) struct Started<Req> {
-    pub(crate) thread: JoinHandle<Outcome<Req>>,
+pub(crate) struct Started<'p, Req> {
+    pub(crate) thread: Join<'p, Outcome<Req>>,
     pub(crate) control: Sender<Shutdown>,
-    pub(crate) handles: Sender<Vec<Initial>>,
+    pub(crate) handles: Sender<Vec<Initial<'p>>>,
 }
 
-pub(crate) struct Supervisor<Req, Resp> {
+pub(crate) struct Supervisor<'p, Req, Resp> {
     status: Receiver<Status<Req>>,
     control: Receiver<Shutdown>,
     metrics: Sender<ToMetrics>,
-    spawn: SpawnWorker,
+    spawn: SpawnWorker<'p>,
     queues: Queues<Req, Resp>,
     /// New gates, and the gates known so far (pruned as the list doubles, once nothing but
     /// this list holds one).
@@ -147,15 +148,16 @@ pub(crate) struct Supervisor<Req, Resp> {
     keep_delivering: bool,
 }
 
-impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
+impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
     /// Starts the thread `"{name}-supervisor"`. It takes the worker threads' handles from
     /// [`Started::handles`] before anything else, so that if this spawn fails the caller
     /// still holds them (and joins them).
-    pub(crate) fn spawn(
+    pub(crate) fn spawn<Sp: Spawn<'p>>(
+        sp: Sp,
         name: &str,
         links: SupervisorLinks<Req, Resp>,
-        spawn: SpawnWorker,
-    ) -> io::Result<Started<Req>> {
+        spawn: SpawnWorker<'p>,
+    ) -> io::Result<Started<'p, Req>> {
         let (control_tx, control) = bounded(1);
         let (handles_tx, handles_rx) = bounded(1);
         let sup = Supervisor {
@@ -181,13 +183,12 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
             shutting_down: false,
             keep_delivering: false,
         };
-        let thread = thread::Builder::new()
-            .name(format!("{name}-supervisor"))
-            .spawn(move || {
-                // Sent right after a successful spawn; never missing.
-                let handles = handles_rx.recv().unwrap_or_default();
-                sup.run(handles)
-            })?;
+        let b = thread::Builder::new().name(format!("{name}-supervisor"));
+        let thread = sp.spawn(b, move || {
+            // Sent right after a successful spawn; never missing.
+            let handles = handles_rx.recv().unwrap_or_default();
+            sup.run(handles)
+        })?;
         Ok(Started {
             thread,
             control: control_tx,
@@ -196,8 +197,8 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     }
 
     /// The thread's body: runs until a shutdown command arrived and every worker exited.
-    fn run(mut self, handles: Vec<Initial>) -> Outcome<Req> {
-        let mut slots: Vec<Slot> = handles
+    fn run(mut self, handles: Vec<Initial<'p>>) -> Outcome<Req> {
+        let mut slots: Vec<Slot<'p>> = handles
             .into_iter()
             .map(|(h, retire, live)| Slot {
                 handle: Some(h),
@@ -331,7 +332,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     }
 
     /// Applies the target size; a timer to try again if it could not finish.
-    fn resize_retry(&mut self, slots: &mut Vec<Slot>) -> Receiver<Instant> {
+    fn resize_retry(&mut self, slots: &mut Vec<Slot<'p>>) -> Receiver<Instant> {
         if self.apply_target(slots) {
             never()
         } else {
@@ -382,7 +383,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     /// are alive; it arises when one dies after another began to wait.)
     fn rescue(
         &mut self,
-        slots: &[Slot],
+        slots: &[Slot<'p>],
         unstarted: &mut Vec<(RequestId, Req)>,
         cancelled: &mut u64,
     ) {
@@ -451,7 +452,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
     fn on_status(
         &mut self,
         msg: Status<Req>,
-        slots: &mut [Slot],
+        slots: &mut [Slot<'p>],
         unstarted: &mut Vec<(RequestId, Req)>,
     ) {
         match msg {
@@ -490,7 +491,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
                     self.blocked
                         .set_alive(self.blocked.alive().saturating_sub(1));
                 }
-                let joined = slot.handle.take().map(JoinHandle::join);
+                let joined = slot.handle.take().map(Join::join);
                 let died = match (died, joined) {
                     (Some(_), Some(Err(payload))) => Some(panic_message(&*payload)),
                     (died, _) => died,
@@ -535,14 +536,14 @@ impl<Req: Send + 'static, Resp: Send + 'static> Supervisor<Req, Resp> {
         !self.shutting_down || (deaths <= SHUTDOWN_RESPAWNS && waiting)
     }
 
-    fn respawn_timer(slots: &[Slot]) -> Receiver<Instant> {
+    fn respawn_timer(slots: &[Slot<'p>]) -> Receiver<Instant> {
         match slots.iter().filter_map(|s| s.respawn_at).min() {
             Some(at) => after(at.saturating_duration_since(Instant::now())),
             None => never(),
         }
     }
 
-    fn respawn_due(&mut self, slots: &mut [Slot]) {
+    fn respawn_due(&mut self, slots: &mut [Slot<'p>]) {
         let now = Instant::now();
         for (i, slot) in slots.iter_mut().enumerate() {
             if slot.respawn_at.is_some_and(|at| at <= now) {
@@ -582,6 +583,6 @@ fn hand_back<Req, Resp>(
 }
 
 /// Stands in for the spawner once the supervisor is done.
-fn no_spawn(_: usize, _: SlotIo) -> io::Result<JoinHandle<()>> {
+fn no_spawn<'p>(_: usize, _: SlotIo) -> io::Result<Join<'p, ()>> {
     Err(io::Error::other("the supervisor has stopped"))
 }

@@ -18,10 +18,10 @@ use crate::unwind::drop_quietly;
 
 impl<Req, Resp, S, I, H> Worker<Req, Resp, I, H>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    I: Fn(WorkerId) -> S + Send + Sync + 'static,
-    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+    Req: Send,
+    Resp: Send,
+    I: Fn(WorkerId) -> S + Send + Sync,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync,
 {
     pub(super) fn answer(
         &self,

@@ -14,7 +14,7 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -27,6 +27,7 @@ use crate::message::{Job, Live, LiveCounts, Never, Stamp, StatsDelta, Status, To
 use crate::priority::{LANES, NORMAL};
 use crate::reentry::{self, Inline};
 use crate::response::Response;
+use crate::spawn::{Join, Spawn};
 use crate::unwind::{drop_quietly, message_of};
 
 mod deliver;
@@ -102,6 +103,8 @@ pub(crate) struct Recipe<Req, Resp, I, H> {
     pub(crate) flush_every: Option<Duration>,
     /// Pipeline stages: stream responses are handed to the next stage, not sent.
     pub(crate) forward: Option<Forward<Resp>>,
+    /// See [`Enter`].
+    pub(crate) enter: Enter<Req, Resp, I, H>,
     /// The moment the pool's job stamps count from.
     pub(crate) epoch: Instant,
 
@@ -110,7 +113,24 @@ pub(crate) struct Recipe<Req, Resp, I, H> {
 }
 
 /// Starts worker `i` (a fresh thread that runs `init`).
-pub(crate) type SpawnWorker = Box<dyn FnMut(usize, Slot) -> io::Result<JoinHandle<()>> + Send>;
+pub(crate) type SpawnWorker<'p> =
+    Box<dyn FnMut(usize, Slot) -> io::Result<Join<'p, ()>> + Send + 'p>;
+
+/// How a worker thread makes itself known for re-entrant calls into its own pool (see
+/// [`reentry`](crate::reentry)): only pools of `'static` types can (the record is a
+/// thread-local); a scoped pool's handler cannot reach its own pool anyway.
+pub(crate) type Enter<Req, Resp, I, H> = Option<fn(&Worker<Req, Resp, I, H>)>;
+
+/// [`Enter`] for a pool of `'static` types.
+pub(crate) fn reentrant<Req, Resp, S, I, H>() -> Enter<Req, Resp, I, H>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Fn(WorkerId) -> S + Send + Sync + 'static,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+{
+    Some(|worker| reentry::enter(worker.pool, worker.id, worker.inline_runner()))
+}
 
 /// What belongs to one worker slot rather than to the pool: its live totals (which a
 /// replacement continues), and the signal that retires it (a shrinking pool).
@@ -153,16 +173,17 @@ impl Retire {
     }
 }
 
-impl<Req, Resp, S, I, H> Recipe<Req, Resp, I, H>
+impl<'p, Req, Resp, S, I, H> Recipe<Req, Resp, I, H>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    S: 'static,
-    I: Fn(WorkerId) -> S + Send + Sync + 'static,
-    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+    Req: Send + 'p,
+    Resp: Send + 'p,
+    S: 'p,
+    I: Fn(WorkerId) -> S + Send + Sync + 'p,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'p,
 {
-    /// The spawner of this pool's worker threads, named `"{name}-worker-{i}"`.
-    pub(crate) fn spawner(self) -> SpawnWorker {
+    /// The spawner of this pool's worker threads, named `"{name}-worker-{i}"`, started by
+    /// `sp` (the process, or a scope).
+    pub(crate) fn spawner<Sp: Spawn<'p>>(self, sp: Sp) -> SpawnWorker<'p> {
         Box::new(move |i, slot: Slot| {
             // Own queue first, then the others in order (only when stealing).
             let queues = self.queues.rotated(i, self.steal);
@@ -182,6 +203,7 @@ where
                 retire: slot.retire,
                 retired: slot.retired,
                 waited: Cell::new(false),
+                enter: self.enter,
                 init: Arc::clone(&self.init),
                 handler: Arc::clone(&self.handler),
             };
@@ -189,13 +211,13 @@ where
             if let Some(bytes) = self.stack_size {
                 b = b.stack_size(bytes);
             }
-            b.spawn(move || worker.run())
+            sp.spawn(b, move || worker.run())
         })
     }
 }
 
 /// Everything one worker thread needs; moved into the thread.
-struct Worker<Req, Resp, I, H> {
+pub(crate) struct Worker<Req, Resp, I, H> {
     /// The id of the pool, unique in the process.
     pool: u64,
     id: usize,
@@ -224,8 +246,43 @@ struct Worker<Req, Resp, I, H> {
     /// Set when handing an answer on had to wait: the next job's start is then not the
     /// previous job's end. Worker-local (a `Cell`, never shared).
     waited: Cell<bool>,
+    enter: Enter<Req, Resp, I, H>,
     init: Arc<I>,
     handler: Arc<H>,
+}
+
+impl<Req, Resp, S, I, H> Worker<Req, Resp, I, H>
+where
+    Req: Send + 'static,
+    Resp: Send + 'static,
+    I: Fn(WorkerId) -> S + Send + Sync + 'static,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+{
+    /// A runner of this pool's jobs on this thread, for a handler that calls back into its
+    /// own pool when waiting would deadlock.
+    fn inline_runner(&self) -> Inline<Req, Resp> {
+        let stand_in = Worker {
+            pool: self.pool,
+            id: self.id,
+            inline: true,
+            queues: Queues::none(),
+            lanes_on: Arc::clone(&self.lanes_on),
+            burst: self.burst,
+            passed: Cell::new([0; LANES]),
+            links: self.links.clone(),
+            flush_every: None,
+            forward: self.forward,
+            epoch: self.epoch,
+            live: self.live.clone(),
+            retire: Arc::clone(&self.retire),
+            retired: self.retired.clone(),
+            waited: Cell::new(false),
+            enter: None,
+            init: Arc::clone(&self.init),
+            handler: Arc::clone(&self.handler),
+        };
+        Inline::new(Box::new(move |job| stand_in.run_inline(job)))
+    }
 }
 
 /// Reports the worker's last counts and its exit, also when the thread unwinds.
@@ -260,10 +317,10 @@ impl<Req> Drop for ExitGuard<Req> {
 
 impl<Req, Resp, S, I, H> Worker<Req, Resp, I, H>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    I: Fn(WorkerId) -> S + Send + Sync + 'static,
-    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+    Req: Send,
+    Resp: Send,
+    I: Fn(WorkerId) -> S + Send + Sync,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync,
 {
     /// Counts one event in this slot's live totals (with metrics on).
     fn live(&self, field: impl FnOnce(&LiveCounts) -> &AtomicU64) {
@@ -291,7 +348,9 @@ where
             }
         };
         let _ = self.links.status.send(Status::Ready { worker: self.id });
-        reentry::enter(self.pool, self.id, self.inline_runner());
+        if let Some(enter) = self.enter {
+            enter(&self);
+        }
 
         // Built once and reused for every blocking wait (a `Select` allocates as it is built).
         let mut watching = self.watching();
@@ -329,31 +388,6 @@ where
                 break; // retired: what is queued is the others' to run
             }
         }
-    }
-
-    /// A runner of this pool's jobs on this thread, for a handler that calls back into its
-    /// own pool when waiting would deadlock.
-    fn inline_runner(&self) -> Inline<Req, Resp> {
-        let stand_in = Worker {
-            pool: self.pool,
-            id: self.id,
-            inline: true,
-            queues: Queues::none(),
-            lanes_on: Arc::clone(&self.lanes_on),
-            burst: self.burst,
-            passed: Cell::new([0; LANES]),
-            links: self.links.clone(),
-            flush_every: None,
-            forward: self.forward,
-            epoch: self.epoch,
-            live: self.live.clone(),
-            retire: Arc::clone(&self.retire),
-            retired: self.retired.clone(),
-            waited: Cell::new(false),
-            init: Arc::clone(&self.init),
-            handler: Arc::clone(&self.handler),
-        };
-        Inline::new(Box::new(move |job| stand_in.run_inline(job)))
     }
 
     /// Runs one job with a fresh state, then reports its counts (and nothing else: the

@@ -140,10 +140,10 @@ pub(super) struct Watching<'a> {
 
 impl<Req, Resp, S, I, H> Worker<Req, Resp, I, H>
 where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    I: Fn(WorkerId) -> S + Send + Sync + 'static,
-    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync + 'static,
+    Req: Send,
+    Resp: Send,
+    I: Fn(WorkerId) -> S + Send + Sync,
+    H: Fn(&mut S, &JobContext, Req) -> Resp + Send + Sync,
 {
     /// The worker's select: its `Normal` queues, its signals, and the "lanes on" wake-up
     /// (or at once every lane, if they are on already).
