@@ -265,6 +265,26 @@
 //! # Ok::<(), channel_orchestrator::BuildError>(())
 //! ```
 //!
+//! # Borrowed data: scoped pools
+//!
+//! [`Builder::scoped`] runs a pool whose handler, per-worker state and requests borrow from
+//! the caller's stack, like [`std::thread::scope`] (on whose threads it runs): no `Arc`, no
+//! clones, results may borrow too. The body gets a [`Scoped`] pool with the submitting
+//! methods, `process`, `metrics` and `subscribe`; when it returns, the pool shuts down
+//! gracefully and the report comes back with the body's value.
+//!
+//! ```
+//! use channel_orchestrator::Orchestrator;
+//!
+//! let words = vec![String::from("borrowed"), String::from("not cloned")];
+//! let (lens, report) = Orchestrator::builder().workers(2).scoped(
+//!     |w: &String| w.len(),
+//!     |pool, _responses| pool.process_ordered(&words).map(|r| r.outcome.unwrap()).collect::<Vec<_>>(),
+//! )?;
+//! assert_eq!((lens, report.completed), (vec![8, 10], 2));
+//! # Ok::<(), channel_orchestrator::BuildError>(())
+//! ```
+//!
 //! # Calling back into the same pool
 //!
 //! A handler may submit to, and `call`, its own pool (through a [`Submitter`] it captured).
