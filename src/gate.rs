@@ -142,6 +142,11 @@ impl<Req, Resp> Gate<Req, Resp> {
         }
     }
 
+    /// A permit, if one is free (for a request run inline by a worker of the pool).
+    pub(crate) fn try_permit(self: &Arc<Self>) -> Option<Permit<Req, Resp>> {
+        self.acquire().then(|| Permit(Arc::clone(self)))
+    }
+
     fn release(&self) {
         self.held.fetch_sub(1, Ordering::SeqCst);
     }

@@ -193,15 +193,20 @@ impl<Req: Send + 'static, Resp: Send + 'static> Orchestrator<Req, Resp> {
     /// **without holding a worker**: the pool's workers serve everything else meanwhile.
     /// Once a request of the limit finishes, the oldest waiting one is passed to the pool's
     /// queues at its priority, ahead of requests of that priority that did not wait at a
-    /// limit. Responses go to the same responses channel; `call` answers come back to
-    /// the caller. Everything else holds as for any request: back-pressure (a blocking
+    /// limit — at most [`priority_burst`](crate::Builder::priority_burst) of them in a row
+    /// while such a request waits. Responses go to the same responses channel; `call` answers
+    /// come back to the caller. Everything else holds as for any request: back-pressure (a blocking
     /// submit waits while the limit's queue is full, `try_submit` reports `Full`), the
     /// shutdowns (a graceful one runs what waits at the limit, `shutdown_now` hands it back
     /// in `unstarted`), metrics ([`Limited::metrics`]).
     ///
     /// Within a limit, requests start in submit order. A handler that calls into the limit it
     /// runs under (`call`, or a blocking submit into its full queue) does not wait for
-    /// itself: the request runs nested in the caller, under the caller's permit.
+    /// itself: the request runs nested in the caller, under the caller's permit. The same
+    /// holds one step removed: when a handler's wait on a limit would deadlock the pool
+    /// (every worker is waiting on the pool, so every running holder of the limit's permits
+    /// is suspended), the request runs nested in that handler — under a free permit if there
+    /// is one, otherwise past the limit while the holders are suspended — rather than never.
     ///
     /// # Panics
     ///

@@ -13,7 +13,9 @@ use std::fmt;
 /// - **Nothing starves**: after [`priority_burst(k)`](crate::Builder::priority_burst) (default
 ///   8) requests of a higher priority in a row have passed a waiting lower-priority request,
 ///   the worker takes that lower-priority request next. The bound is per worker: each worker
-///   counts what it took.
+///   counts what it took. It bounds waiting, it does not set shares: under a flood of `High`,
+///   `Normal` and `Low` each get about one turn per `k` (a `Normal` turn counts as passing a
+///   waiting `Low` one, so `Low` gets slightly more turns than `Normal` then).
 /// - **Each priority has its own queue**, bounded by `queue_capacity`: a backlog of batch
 ///   work never makes an urgent submit block or report `Full`.
 ///

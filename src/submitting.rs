@@ -184,6 +184,9 @@ macro_rules! submitting_methods {
         ///
         /// As [`call`](Self::call), plus `CallTimeoutError::Timeout(req)` (no queue space in
         /// time: not accepted) and `CallTimeoutError::Expired` (accepted, no answer in time).
+        /// A worker that takes the request after the deadline answers
+        /// `CallTimeoutError::Failed(JobError::DeadlineExceeded)` without running it; that
+        /// answer can win the race with `Expired`.
         ///
         /// # Examples
         ///

@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, bounded};
 
 use super::{Begun, Dest, Handle, Intake, Reentry, Refusal, ReplyPair, Wait};
 use crate::error::{CallError, CallTimeoutError, JobError};
+use crate::gate::Permit;
 use crate::message::{Reply, Route};
 use crate::unwind::drop_quietly;
 
@@ -103,6 +104,14 @@ impl<Req: Send, Resp: Send> Handle<Req, Resp> {
         } else {
             self.reentry(|| self.key_queue(intake, &req))
         };
+        // Inline through a limit: under one of its permits if one is free. If none is, every
+        // worker is blocked on the pool and so is every running holder of a permit: nothing
+        // can free one, and the request runs nested past the limit (documented) rather than
+        // deadlock.
+        let permit = match (&reentry, dest) {
+            (Reentry::Inline(_), Dest::Gate(limit, _)) if !nested => limit.gate.try_permit(),
+            _ => None,
+        };
         let guard = match reentry {
             Reentry::Wait(guard) => guard,
             Reentry::Inline(inline) => {
@@ -111,7 +120,10 @@ impl<Req: Send, Resp: Send> Handle<Req, Resp> {
                     return Err(CallError::ShutDown(req));
                 }
                 let (tx, rx) = self.reply_pair();
+                let running = permit.as_ref().map(Permit::enter);
                 inline.run(self.job(req, None, Route::Call(tx)));
+                drop(running);
+                drop(permit); // gives the permit back, moves the limit's next request on
                 return Ok((rx, None));
             }
         };

@@ -8,7 +8,7 @@ use std::time::Instant;
 use crossbeam_channel::{Sender, TrySendError, bounded, select_biased};
 
 use super::{Handle, Intake, Reentry, Refusal, Wait};
-use crate::gate::{Gate, Waiting};
+use crate::gate::{Gate, Permit, Waiting};
 use crate::ids::RequestId;
 use crate::message::Job;
 
@@ -112,10 +112,17 @@ impl<Req: Send, Resp: Send> Handle<Req, Resp> {
         // A worker of this pool about to wait for room: only while another worker is free
         // to make it (a timed wait ends by itself). Otherwise the request runs here, nested
         // in the caller's handler.
+        // Inline under one of the limit's permits if one is free; if none is, every worker
+        // is blocked on the pool and so is every running holder of a permit: the request runs
+        // nested past the limit (documented) rather than deadlock.
         let reentry = (may_inline && deadline.is_none()).then(|| self.reentry(|| None));
         let _blocked = match reentry {
             Some(Reentry::Inline(inline)) => {
+                let permit = gate.try_permit();
+                let running = permit.as_ref().map(Permit::enter);
                 inline.run(waiting.job);
+                drop(running);
+                drop(permit); // gives the permit back, moves the next request on
                 return Ok(id);
             }
             Some(Reentry::Wait(guard)) => guard,

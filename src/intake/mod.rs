@@ -181,6 +181,15 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
+/// Ends one submit of a [`Liveness`] count when dropped (`Release`: see the module docs).
+struct Done<'a>(&'a Liveness);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// How many submits are in progress through one submitter handle (see the module docs).
 /// Padded: only the threads that share this one handle write it.
 pub(crate) type Liveness = CachePadded<AtomicUsize>;
@@ -238,10 +247,11 @@ impl<Req, Resp> Handle<Req, Resp> {
             return f(Some(&self.shared.intake));
         };
         live.fetch_add(1, Ordering::SeqCst);
+        // Decremented on every way out, also when user code in the submit (a `by_key`
+        // function) panics: a count left up would keep a shutdown waiting forever.
+        let _done = Done(live);
         let open = !self.shared.closing.load(Ordering::SeqCst);
-        let result = f(open.then_some(&self.shared.intake));
-        live.fetch_sub(1, Ordering::Release);
-        result
+        f(open.then_some(&self.shared.intake))
     }
 
     /// The open intake, for the orchestrator's own handle (which needs no bracketing).

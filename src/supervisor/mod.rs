@@ -431,7 +431,10 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
         if gate.is_idle() {
             return true;
         }
-        if gate.held() == 0 && !self.stop.load(Ordering::Relaxed) {
+        // Also once the stop flag is set: a submit that was in progress at the hand-back
+        // can land at the gate after it, and no permit is left to move it on. Pumped, it
+        // reaches a worker, which hands it back (or the final drain does).
+        if gate.held() == 0 {
             gate.pump();
         }
         false

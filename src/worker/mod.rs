@@ -195,6 +195,7 @@ where
                 lanes_on: Arc::clone(&self.lanes_on),
                 burst: self.burst,
                 passed: Cell::new([0; LANES]),
+                ready_run: Cell::new([0; LANES]),
                 links: self.links.clone(),
                 flush_every: self.flush_every,
                 forward: self.forward,
@@ -233,6 +234,9 @@ pub(crate) struct Worker<Req, Resp, I, H> {
     /// Per lane, the more urgent requests taken in a row while one of it waited (see
     /// `take`). Worker-local.
     passed: Cell<[usize; LANES]>,
+    /// Per lane, the ready (limited) requests taken in a row while a plain one of the same
+    /// lane waited. Worker-local.
+    ready_run: Cell<[usize; LANES]>,
     links: Links<Req, Resp>,
     flush_every: Option<Duration>,
     forward: Option<Forward<Resp>>,
@@ -269,6 +273,7 @@ where
             lanes_on: Arc::clone(&self.lanes_on),
             burst: self.burst,
             passed: Cell::new([0; LANES]),
+            ready_run: Cell::new([0; LANES]),
             links: self.links.clone(),
             flush_every: None,
             forward: self.forward,

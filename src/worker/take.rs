@@ -291,21 +291,32 @@ where
         None
     }
 
-    /// A job of `lane`: ready (past its limit) first, then the bounded queues.
+    /// A job of `lane`: ready (past its limit) first, then the bounded queues — except that
+    /// after `burst` ready ones in a row while a plain one of the lane waited, the plain one
+    /// goes first (a limit's backlog never starves its priority's other requests).
     fn take_lane<'a>(&'a self, lane: usize, w: &mut Watching<'a>) -> Option<Taken<Req, Resp>> {
-        if let Some((job, permit)) = self.take_from(&self.queues.ready[lane], true, lane, w) {
+        let mut run = self.ready_run.get();
+        if run[lane] < self.burst
+            && let Some((job, permit)) = self.take_from(&self.queues.ready[lane], true, lane, w)
+        {
+            let plain_waiting = self.queues.lanes[lane].iter().any(|q| !q.is_empty());
+            run[lane] = if plain_waiting { run[lane] + 1 } else { 0 };
+            self.ready_run.set(run);
+            let permit = Some(permit);
+            return Some(Taken { job, lane, permit });
+        }
+        run[lane] = 0;
+        self.ready_run.set(run);
+        if let Some(job) = self.take_from(&self.queues.lanes[lane], false, lane, w) {
             return Some(Taken {
                 job,
                 lane,
-                permit: Some(permit),
+                permit: None,
             });
         }
-        let job = self.take_from(&self.queues.lanes[lane], false, lane, w)?;
-        Some(Taken {
-            job,
-            lane,
-            permit: None,
-        })
+        let (job, permit) = self.take_from(&self.queues.ready[lane], true, lane, w)?;
+        let permit = Some(permit);
+        Some(Taken { job, lane, permit })
     }
 
     /// Own queue first, then the others in order; a disconnected queue is no longer watched.
