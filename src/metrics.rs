@@ -61,8 +61,9 @@ pub struct MetricsSnapshot {
     /// [limit](crate::Orchestrator::limited) count at the priority they were submitted with).
     pub queued_by_priority: ByPriority<u64>,
     /// `queue_wait`, per [`Priority`](crate::Priority): how long requests of each priority
-    /// waited (for a limited request, its wait at the limit included).
-    pub queue_wait_by_priority: ByPriority<LatencySummary>,
+    /// waited (for a limited request, its wait at the limit included). Boxed, so that a
+    /// subscriber's buffer of events stays small.
+    pub queue_wait_by_priority: Box<ByPriority<LatencySummary>>,
     /// Subscribers evicted so far because their buffer was full (one whose receiver was
     /// dropped while full counts here too: without a send the two look alike).
     pub evicted_subscribers: u64,

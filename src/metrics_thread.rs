@@ -366,9 +366,9 @@ impl<'p> MetricsThread<'p> {
                 all.summary()
             },
             queued_by_priority: ByPriority::from_lanes(by_lane),
-            queue_wait_by_priority: ByPriority::from_lanes(
+            queue_wait_by_priority: Box::new(ByPriority::from_lanes(
                 st.wait.each_ref().map(Histogram::summary),
-            ),
+            )),
             evicted_subscribers: st.evicted,
             subscribers: st.subscribers.len(),
             workers: st

@@ -65,6 +65,7 @@ use crate::reentry::{Blocked, Inline};
 
 mod calls;
 mod limit;
+mod live;
 mod statics;
 
 pub(crate) use limit::{Dest, Limit};
@@ -181,15 +182,6 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
-/// Ends one submit of a [`Liveness`] count when dropped (`Release`: see the module docs).
-struct Done<'a>(&'a Liveness);
-
-impl Drop for Done<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
-    }
-}
-
 /// How many submits are in progress through one submitter handle (see the module docs).
 /// Padded: only the threads that share this one handle write it.
 pub(crate) type Liveness = CachePadded<AtomicUsize>;
@@ -237,21 +229,6 @@ impl<Req, Resp> Handle<Req, Resp> {
     /// This pool's process-wide id.
     pub(crate) fn pool(&self) -> u64 {
         self.shared.pool
-    }
-
-    /// Runs `f` with the intake while it is open (`None` once a shutdown started), counting
-    /// this submitter handle as busy meanwhile (see the module docs).
-    pub(crate) fn submitting<T>(&self, f: impl FnOnce(Option<&Intake<Req, Resp>>) -> T) -> T {
-        let Some(live) = &self.live else {
-            // The orchestrator's own handle: the caller checks it is running.
-            return f(Some(&self.shared.intake));
-        };
-        live.fetch_add(1, Ordering::SeqCst);
-        // Decremented on every way out, also when user code in the submit (a `by_key`
-        // function) panics: a count left up would keep a shutdown waiting forever.
-        let _done = Done(live);
-        let open = !self.shared.closing.load(Ordering::SeqCst);
-        f(open.then_some(&self.shared.intake))
     }
 
     /// The open intake, for the orchestrator's own handle (which needs no bracketing).
