@@ -260,22 +260,17 @@ impl StatsDelta {
 pub(crate) enum ToMetrics {
     Stats {
         worker: usize,
-        delta: StatsDelta,
+        /// Boxed: a report is a few KiB, and a worker's stack may be small.
+        delta: Box<StatsDelta>,
     },
     Worker {
         worker: usize,
         kind: WorkerEventKind,
     },
     /// A worker slot beyond the ones at start (a growing pool), with its live totals.
-    Slot {
-        worker: usize,
-        live: Option<Live>,
-    },
+    Slot { worker: usize, live: Option<Live> },
     /// Every worker has exited and the queues are drained: send the summary and return.
-    Finish {
-        unstarted: u64,
-        cancelled: u64,
-    },
+    Finish { unstarted: u64, cancelled: u64 },
 }
 
 /// Orchestrator → metrics thread: requests from user threads.
@@ -301,6 +296,11 @@ pub(crate) enum Shutdown {
     },
     /// Start nothing more (`shutdown_now`).
     Now,
+    /// Nobody can read the responses before the shutdown returns (a scoped pool whose body
+    /// returned or panicked): stop waiting for response space at once (a response that finds
+    /// a bounded channel full counts as undelivered). Runs everything queued, or with `now`
+    /// starts nothing more.
+    Unread { now: bool },
 }
 
 /// An uninhabited message type: channels of `Never` carry no messages, only disconnection.

@@ -35,7 +35,7 @@ pub struct MetricsSnapshot {
     pub uptime: Duration,
     /// Requests accepted (their submit returned `Ok`), `call`s included. Rejected ones are not.
     pub submitted: u64,
-    /// Submits that got their request back (`Full`, `Timeout`, `ShutDown`).
+    /// Submits and calls that got their request back (`Full`, `Timeout`, `ShutDown`).
     pub rejected: u64,
     /// Jobs whose handler returned a value.
     pub completed: u64,

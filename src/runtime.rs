@@ -469,7 +469,8 @@ impl<Req, Resp> Running<'_, Req, Resp> {
         // `shutdown_now`, or a `shutdown_timeout` whose deadline is already due: start
         // nothing more from this moment, not from the supervisor's first timer tick.
         let now = match mode {
-            Shutdown::Now => true,
+            Shutdown::Now | Shutdown::Unread { now: true } => true,
+            Shutdown::Unread { now: false } => false,
             Shutdown::Drain { deadline, .. } => deadline.is_some_and(|d| d <= Instant::now()),
         };
         if now {

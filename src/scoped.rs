@@ -115,14 +115,12 @@ where
     let responses = parts.responses;
     match panic::catch_unwind(AssertUnwindSafe(|| body(&pool, responses))) {
         Ok(value) => {
-            let report = pool.stop(Shutdown::Drain {
-                deadline: None,
-                give_up: true,
-            });
+            // The caller can read the responses only once this returns: never wait for room.
+            let report = pool.stop(Shutdown::Unread { now: false });
             Ok((value, report))
         }
         Err(payload) => {
-            let report = pool.stop(Shutdown::Now);
+            let report = pool.stop(Shutdown::Unread { now: true });
             for request in report.unstarted {
                 drop_quietly(request);
             }
@@ -140,6 +138,11 @@ impl<Req: Send, Resp: Send> Builder<Req, Resp> {
     /// queued request runs) and the report comes back with `body`'s value. If `body`
     /// panics, the pool stops at once (`shutdown_now`: running jobs finish, queued ones are
     /// dropped), every thread is joined, and the panic continues.
+    ///
+    /// Once the body returned (or panicked), nobody can read the responses before `scoped`
+    /// returns: a response that finds a bounded response channel full then counts as
+    /// `undelivered` instead of waiting (what is already in the channel stays there for a
+    /// receiver the body returned), so `scoped` always returns.
     ///
     /// Everything a built pool promises holds here too: bounded queues and back-pressure,
     /// priorities, panicking handlers contained, exact metrics and report. Not available:

@@ -228,7 +228,9 @@ macro_rules! pool_methods {
         /// it completes (in completion order; see [`process_ordered`](Self::process_ordered)).
         ///
         /// The iterator sends and receives at once (a `select!` over the queue and its own
-        /// response channel), so it never deadlocks whatever the capacities, and it keeps at most
+        /// response channel), so it never deadlocks whatever the capacities (except a bounded
+        /// shared responses channel left full and unread: workers waiting to deliver stream
+        /// responses there serve nobody, `process` included), and it keeps at most
         /// a window of `queue_capacity + workers` requests in flight (at most 65,536) however
         /// long the input is. Its responses travel on a private channel, never on the shared
         /// responses channel, so several `process` calls and ordinary submits can run at once.

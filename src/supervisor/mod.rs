@@ -263,10 +263,14 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
                         // Already set by the orchestrator; responses of running jobs still
                         // wait for space, as the contract says. What is queued comes back
                         // now, whatever the workers are doing.
-                        Shutdown::Now => {
+                        Shutdown::Now | Shutdown::Unread { now: true } => {
+                            if matches!(cmd, Shutdown::Unread { .. }) {
+                                self.abort = None;
+                            }
                             self.stop.store(true, Ordering::Relaxed);
                             self.hand_back_queued(&mut unstarted, &mut cancelled);
                         }
+                        Shutdown::Unread { now: false } => self.abort = None,
                         Shutdown::Drain { deadline: Some(at), give_up } => {
                             if !give_up {
                                 self.keep_delivering = true;

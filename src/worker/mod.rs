@@ -310,7 +310,7 @@ impl<Req> Drop for ExitGuard<Req> {
         // this worker's `Exited` below; so this blocking send cannot be lost or hang.
         let _ = self.metrics.send(ToMetrics::Stats {
             worker: self.worker,
-            delta,
+            delta: Box::new(delta),
         });
         let died = thread::panicking().then(|| String::from("worker thread panicked"));
         let _ = self.status.send(Status::Exited {
@@ -430,7 +430,7 @@ where
         // The metrics thread runs until every worker exited, and this one has not.
         let _ = self.links.metrics.send(ToMetrics::Stats {
             worker: self.id,
-            delta: stats,
+            delta: Box::new(stats),
         });
     }
 
@@ -444,13 +444,13 @@ where
     /// full they stay here and go with the next report: nothing is lost, the worker never waits.
     fn flush(&self, stats: &mut StatsDelta) {
         let busy = stats.busy;
-        let delta = std::mem::take(stats);
+        let delta = Box::new(std::mem::take(stats));
         match self.links.metrics.try_send(ToMetrics::Stats {
             worker: self.id,
             delta,
         }) {
             Ok(()) => stats.reported_busy = busy,
-            Err(TrySendError::Full(ToMetrics::Stats { delta, .. })) => *stats = delta,
+            Err(TrySendError::Full(ToMetrics::Stats { delta, .. })) => *stats = *delta,
             Err(_) => {}
         }
     }
