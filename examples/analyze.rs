@@ -33,15 +33,15 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use channel_orchestrator::crossbeam_channel::{
-    Receiver, Sender, bounded, never, select, unbounded,
-};
+use channel_orchestrator::crossbeam_channel::{Sender, never, select, unbounded};
 use channel_orchestrator::{
     JobContext, JobError, MetricsEvent, MetricsSnapshot, Orchestrator, Response, Submitter,
 };
 use clap::Parser;
 use walkdir::{DirEntry, WalkDir};
 
+#[path = "common/signals.rs"]
+mod signals;
 #[path = "common/wc.rs"]
 mod wc;
 use wc::{Counter, Counts, WordCounts};
@@ -90,7 +90,7 @@ struct Args {
 fn main() -> ExitCode {
     // Bad usage prints the error and exits with status 2; `--help` and `--version` exit with 0.
     let args = Args::parse();
-    let interrupt = ctrl_c();
+    let interrupt = signals::interrupts("analyze");
 
     let mut builder = Orchestrator::builder()
         .queue_capacity(QUEUE)
@@ -221,25 +221,6 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// Installs the Ctrl-C handler: the first press sends on the returned channel, the second
-/// exits at once.
-fn ctrl_c() -> Receiver<()> {
-    let (tx, rx) = bounded(1);
-    let mut presses = 0;
-    let installed = ctrlc::set_handler(move || {
-        presses += 1;
-        if presses > 1 {
-            eprintln!("\ninterrupted twice: exiting");
-            std::process::exit(130);
-        }
-        let _ = tx.try_send(());
-    });
-    if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will not print a partial report: {e}");
-    }
-    rx
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ use channel_orchestrator::{MetricsEvent, MetricsSnapshot, Orchestrator, Response
 use clap::Parser;
 use redis::{Connection, Value};
 
+#[path = "common/signals.rs"]
+mod signals;
 #[path = "common/streams.rs"]
 mod streams;
 #[path = "common/wc.rs"]
@@ -124,7 +126,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         .consumer
         .clone()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-    let signal = signals();
+    let signal = signals::interrupts("redis_worker");
     let client = redis::Client::open(args.redis.as_str())?;
     // Two connections: the reader blocks in XREADGROUP on its own, this thread writes.
     let mut writer = client.get_connection()?;
@@ -235,25 +237,6 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
-}
-
-/// The first Ctrl-C, SIGTERM or SIGHUP sends on the returned channel; a second one exits at
-/// once (what this process holds stays pending in Redis, for the other consumers to claim).
-fn signals() -> Receiver<()> {
-    let (tx, rx) = bounded(1);
-    let mut signals = 0;
-    let installed = ctrlc::set_handler(move || {
-        signals += 1;
-        if signals > 1 {
-            eprintln!("redis_worker: second signal: exiting at once");
-            std::process::exit(130);
-        }
-        let _ = tx.try_send(());
-    });
-    if let Err(e) = installed {
-        eprintln!("redis_worker: warning: Ctrl-C and SIGTERM will not stop cleanly: {e}");
-    }
-    rx
 }
 
 // ---------------------------------------------------------------------------------------------
