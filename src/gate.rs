@@ -72,6 +72,9 @@ pub(crate) struct Gate<Req, Resp> {
     held: CachePadded<AtomicUsize>,
     /// The gate's waiting requests, oldest first.
     waiting: Receiver<Waiting<Req, Resp>>,
+    /// Pumps between taking a request off `waiting` and putting it on a ready lane (`SeqCst`,
+    /// around both): with `waiting` empty and none in flight, nothing more can leave the gate.
+    moving: AtomicUsize,
     ready: ReadyLanes<Req, Resp>,
     /// The pool's stop flag: once set, a released permit moves nothing on (what waits is
     /// handed back by the supervisor).
@@ -92,6 +95,7 @@ impl<Req, Resp> Gate<Req, Resp> {
             limit,
             held: CachePadded::new(AtomicUsize::new(0)),
             waiting,
+            moving: AtomicUsize::new(0),
             ready,
             stop,
             totals,
@@ -151,13 +155,23 @@ impl<Req, Resp> Gate<Req, Resp> {
         self.held.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Whether nothing of this gate is waiting, ready or running (read in that order; see
-    /// [`Supervisor`](crate::supervisor)'s drain: with nothing added any more, an empty
-    /// queue followed by no permit held means every request it had has finished).
+    /// Whether nothing of this gate is waiting, ready or running (read in that order: with
+    /// nothing added any more, an empty queue followed by no permit held means every request
+    /// it had has finished). The supervisor drops a gate it alone holds only when idle.
     pub(crate) fn is_idle(&self) -> bool {
         let empty = self.waiting.is_empty();
         fence(Ordering::SeqCst);
         empty && self.held() == 0
+    }
+
+    /// Whether nothing waits at this gate and nothing is on its way out of it: then, with no
+    /// submit in progress, every request it let through is in a queue or running (the
+    /// workers' to finish), and nothing more will come out of it. Read in that order: a pump
+    /// counts itself in `moving` before it takes a request off the queue.
+    pub(crate) fn is_drained(&self) -> bool {
+        let empty = self.waiting.is_empty();
+        fence(Ordering::SeqCst);
+        empty && self.moving.load(Ordering::SeqCst) == 0
     }
 
     /// Moves waiting requests on while permits are free (see the module docs).
@@ -167,7 +181,10 @@ impl<Req, Resp> Gate<Req, Resp> {
             if self.waiting.is_empty() || !self.acquire() {
                 return;
             }
-            match self.waiting.try_recv() {
+            self.moving.fetch_add(1, Ordering::SeqCst);
+            let taken = self.waiting.try_recv();
+            let _moved = Moved(&self.moving);
+            match taken {
                 Ok(Waiting { job, lane, queue }) => {
                     self.uncount(lane);
                     let permit = Permit(Arc::clone(self));
@@ -201,6 +218,15 @@ impl<Req, Resp> Gate<Req, Resp> {
 
     fn addr(&self) -> usize {
         std::ptr::from_ref(self) as usize
+    }
+}
+
+/// Counts a pump out of `moving` when dropped (after its send).
+struct Moved<'a>(&'a AtomicUsize);
+
+impl Drop for Moved<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -342,6 +342,7 @@ where
         resize: resize_rx,
         elastic: (n, cfg.max_workers, cfg.keep_alive),
         live_totals,
+        per_key: key.is_some(),
     };
     let spawner = guard
         .spawner

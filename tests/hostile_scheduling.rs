@@ -1787,3 +1787,46 @@ fn a_panicking_key_function_under_a_limited_handle_does_not_hang_shutdown() {
     assert_eq!(report.completed, 1);
     drop(l);
 }
+
+/// Found by the chaos schedules: a per-key worker that is dead for good while its own ready
+/// queue holds a limited request (with the limit's only permit) and more wait at the limit.
+/// A graceful shutdown must still return: the dead worker's queue comes back, the limit
+/// drains, and its waiting requests come back too (no live worker may run that key).
+#[test]
+fn a_graceful_shutdown_returns_when_a_dead_per_key_worker_holds_a_limit_permit() {
+    quiet_panics();
+    let broken = Arc::new(AtomicBool::new(false));
+    let init_broken = Arc::clone(&broken);
+    let (orch, responses) = Orchestrator::builder()
+        .workers(2)
+        .distribution(Distribution::by_key(|r: &(u32, u32)| r.0))
+        .thread_name("hs-deadkey")
+        .build_with_state(
+            move |_| assert!(!init_broken.load(Ordering::SeqCst), "{MARKER}: init fails"),
+            |_: &mut (), (key, v): (u32, u32)| {
+                assert!(v != u32::MAX, "{MARKER}: kill this worker");
+                (key, v)
+            },
+        )
+        .unwrap();
+    // A key of worker 0.
+    let dead_key = (0..64)
+        .find(|&key| {
+            orch.submit((key, 0)).unwrap();
+            responses.recv_timeout(WAIT).unwrap().worker.index() == 0
+        })
+        .expect("a key of worker 0");
+    broken.store(true, Ordering::SeqCst);
+    orch.submit((dead_key, u32::MAX)).unwrap(); // worker 0 dies; replacements fail
+    assert!(responses.recv_timeout(WAIT).unwrap().outcome.is_err());
+    let limited = orch.limited(1);
+    for v in 1..=4 {
+        limited.submit((dead_key, v)).unwrap();
+    }
+    let report = within(WAIT, "graceful shutdown", move || orch.shutdown());
+    let mut back: Vec<u32> = report.unstarted.iter().map(|(_, (_, v))| *v).collect();
+    back.sort_unstable();
+    assert_eq!(back, [1, 2, 3, 4], "the dead key's requests come back");
+    assert_eq!(limited.metrics().in_flight, 0);
+    assert_no_threads_of("hs-deadkey");
+}

@@ -105,6 +105,8 @@ pub(crate) struct SupervisorLinks<Req, Resp> {
     pub(crate) elastic: (usize, usize, Duration),
     /// Whether workers get live totals (metrics on, or elastic: the decisions read them).
     pub(crate) live_totals: bool,
+    /// Whether the pool has per-key queues (no worker runs another's queue).
+    pub(crate) per_key: bool,
 }
 
 /// One initial worker, as the supervisor takes it over.
@@ -142,6 +144,7 @@ pub(crate) struct Supervisor<'p, Req, Resp> {
     resize: Receiver<usize>,
     elastic: (usize, usize, Duration),
     live_totals: bool,
+    per_key: bool,
     /// Whether the shutdown command arrived.
     shutting_down: bool,
     /// A pipeline stage's deadline: stop starting jobs, but keep delivering responses.
@@ -180,6 +183,7 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
             resize: links.resize,
             elastic: links.elastic,
             live_totals: links.live_totals,
+            per_key: links.per_key,
             shutting_down: false,
             keep_delivering: false,
         };
@@ -249,6 +253,7 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
                     self.on_status(msg, &mut slots, &mut unstarted);
                     respawn = Self::respawn_timer(&slots);
                     self.rescue(&slots, &mut unstarted, &mut cancelled);
+                    self.release_dead_keys(&slots, &mut unstarted, &mut cancelled);
                 }
                 recv(control) -> cmd => {
                     // The orchestrator sends exactly one command; a disconnect without one
@@ -280,6 +285,7 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
                         Shutdown::Drain { deadline: None, .. } => {}
                     }
                     self.rescue(&slots, &mut unstarted, &mut cancelled);
+                    self.release_dead_keys(&slots, &mut unstarted, &mut cancelled);
                     if !self.close_intake_if_quiet() {
                         quiesce = tick(QUIESCE_POLL);
                     }
@@ -302,6 +308,7 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
                     Err(_) => register = never(),
                 },
                 recv(quiesce) -> _ => {
+                    self.release_dead_keys(&slots, &mut unstarted, &mut cancelled);
                     if self.close_intake_if_quiet() {
                         quiesce = never();
                     }
@@ -315,6 +322,7 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
                     self.respawn_due(&mut slots);
                     respawn = Self::respawn_timer(&slots);
                     self.rescue(&slots, &mut unstarted, &mut cancelled);
+                    self.release_dead_keys(&slots, &mut unstarted, &mut cancelled);
                 }
             }
         }
@@ -371,9 +379,10 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
             .all(|busy| busy.load(Ordering::SeqCst) == 0);
         // Then every limit must be drained too: what waits at a gate is accepted, and is
         // moved on only as the gate's running requests finish — on the workers, which must
-        // stay until then. (Gates are registered before their first submit, like handles.)
+        // stay until then. Once nothing waits or moves, what the gates let through is in the
+        // queues like any request. (Gates are registered before their first submit.)
         self.collect_gates();
-        let quiet = quiet && self.gates.iter().all(|g| self.gate_idle(g));
+        let quiet = quiet && self.gates.iter().all(|g| self.gate_drained(g));
         if quiet {
             self.intake_closed = None;
         }
@@ -398,6 +407,26 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
             && self.blocked.count() >= self.blocked.alive()
         {
             self.hand_back_queued(unstarted, cancelled);
+        }
+    }
+
+    /// During a shutdown, with per-key queues: the queues of a worker that is dead for good
+    /// (no replacement will come) are handed back now, since no other worker may run its
+    /// keys. So a limit whose permits they hold moves on, and intake can close.
+    fn release_dead_keys(
+        &self,
+        slots: &[Slot<'p>],
+        unstarted: &mut Vec<(RequestId, Req)>,
+        cancelled: &mut u64,
+    ) {
+        if !self.shutting_down || !self.per_key {
+            return;
+        }
+        for (i, slot) in slots.iter().enumerate() {
+            if !slot.running && slot.respawn_at.is_none() && !slot.retired {
+                self.queues
+                    .drain_queue(i, |job| hand_back(job, unstarted, cancelled));
+            }
         }
     }
 
@@ -429,10 +458,10 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
         }
     }
 
-    /// Whether a gate has nothing waiting, ready or running. One that has requests waiting
+    /// Whether nothing waits at a gate or is on its way out. One that has requests waiting
     /// and no permit held is pumped here, as a guard (see `gate`).
-    fn gate_idle(&self, gate: &Arc<Gate<Req, Resp>>) -> bool {
-        if gate.is_idle() {
+    fn gate_drained(&self, gate: &Arc<Gate<Req, Resp>>) -> bool {
+        if gate.is_drained() {
             return true;
         }
         // Also once the stop flag is set: a submit that was in progress at the hand-back

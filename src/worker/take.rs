@@ -102,6 +102,21 @@ impl<Req, Resp> Queues<Req, Resp> {
         }
     }
 
+    /// Takes every job queued for worker queue `q` (permits are given back as they go).
+    pub(crate) fn drain_queue(&self, q: usize, mut each: impl FnMut(Job<Req, Resp>)) {
+        for lane in &self.ready {
+            while let Some(Ok((job, permit))) = lane.get(q).map(Receiver::try_recv) {
+                drop(permit);
+                each(job);
+            }
+        }
+        for lane in &self.lanes {
+            while let Some(Ok(job)) = lane.get(q).map(Receiver::try_recv) {
+                each(job);
+            }
+        }
+    }
+
     /// How many queue slots a worker watches (bounded and ready, every lane).
     pub(super) fn slots(&self) -> usize {
         2 * LANES * self.per_lane()
