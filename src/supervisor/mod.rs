@@ -23,6 +23,7 @@ use crate::unwind::{drop_quietly, panic_message};
 use crate::worker::{Queues, Retire, Slot as SlotIo, SpawnWorker};
 
 mod elastic;
+mod gates;
 
 /// How soon a resize that had to wait tries again.
 const RESIZE_RETRY: Duration = Duration::from_millis(2);
@@ -410,26 +411,6 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
         }
     }
 
-    /// During a shutdown, with per-key queues: the queues of a worker that is dead for good
-    /// (no replacement will come) are handed back now, since no other worker may run its
-    /// keys. So a limit whose permits they hold moves on, and intake can close.
-    fn release_dead_keys(
-        &self,
-        slots: &[Slot<'p>],
-        unstarted: &mut Vec<(RequestId, Req)>,
-        cancelled: &mut u64,
-    ) {
-        if !self.shutting_down || !self.per_key {
-            return;
-        }
-        for (i, slot) in slots.iter().enumerate() {
-            if !slot.running && slot.respawn_at.is_none() && !slot.retired {
-                self.queues
-                    .drain_queue(i, |job| hand_back(job, unstarted, cancelled));
-            }
-        }
-    }
-
     /// Takes every queued job out of the queues at once (`shutdown_now`, or an expired
     /// `shutdown_timeout`): stream requests to `unstarted`, calls answered `Cancelled`.
     /// Workers that take a job after the stop flag hand it back the same way, so each job
@@ -443,34 +424,6 @@ impl<'p, Req: Send + 'p, Resp: Send + 'p> Supervisor<'p, Req, Resp> {
         }
         self.queues
             .drain(|job| hand_back(job, unstarted, cancelled));
-    }
-
-    /// Takes over the gates registered since the last look, dropping those nothing else
-    /// holds any more (amortized: whenever the list doubled). A gate nobody holds has no
-    /// handle to submit through and no request past it, so nothing waits at it either.
-    fn collect_gates(&mut self) {
-        while let Ok(gate) = self.new_gates.try_recv() {
-            self.gates.push(gate);
-            if self.gates.len().is_power_of_two() {
-                self.gates
-                    .retain(|g| Arc::strong_count(g) > 1 || !g.is_idle());
-            }
-        }
-    }
-
-    /// Whether nothing waits at a gate or is on its way out. One that has requests waiting
-    /// and no permit held is pumped here, as a guard (see `gate`).
-    fn gate_drained(&self, gate: &Arc<Gate<Req, Resp>>) -> bool {
-        if gate.is_drained() {
-            return true;
-        }
-        // Also once the stop flag is set: a submit that was in progress at the hand-back
-        // can land at the gate after it, and no permit is left to move it on. Pumped, it
-        // reaches a worker, which hands it back (or the final drain does).
-        if gate.held() == 0 {
-            gate.pump();
-        }
-        false
     }
 
     /// The `shutdown_timeout` deadline: start nothing more, and stop waiting for response space.
