@@ -511,8 +511,10 @@ const PRUNE_WAIT: Duration = Duration::from_secs(1);
 const CHURN_ROUNDS: u32 = 6;
 const CHURN_PER_ROUND: u32 = 500;
 /// Resident memory may grow this much over the churn rounds; a leak of the rounds after the
-/// first would be about 45 MiB.
-const CHURN_TOLERANCE_KB: u64 = 8 * 1024;
+/// first would be about 50 MiB. Without a leak it grew 0.2–8 MiB on a 2-vCPU VM (the buffers
+/// are allocated by the subscribing thread and freed by the metrics thread, and the
+/// allocator does not always hand their memory back): 16 MiB keeps the test about leaks.
+const CHURN_TOLERANCE_KB: u64 = 16 * 1024;
 
 /// Subscribers that come and go leave nothing behind: memory stays flat and none stay
 /// attached.
