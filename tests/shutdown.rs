@@ -265,7 +265,9 @@ fn shutdown_timeout_cancels_calls_still_queued_at_the_deadline() {
     let accepted: HashMap<_, _> = (0..4).map(|x| (orch.submit(x).unwrap(), x)).collect();
     let sub = orch.submitter();
     let caller = thread::spawn(move || sub.call(99));
-    eventually("the call to be queued", || orch.metrics().queued >= 4);
+    // Accepted: the four submits and the call (`queued` alone could count the four before
+    // the worker took the first one).
+    eventually("the call to be queued", || orch.metrics().submitted >= 5);
     let report = within(WAIT, "shutdown_timeout", move || {
         orch.shutdown_timeout(Duration::from_millis(10))
     });
