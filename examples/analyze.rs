@@ -27,7 +27,7 @@
 
 use std::cmp::Ordering;
 use std::fs::{self, File};
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
@@ -40,8 +40,12 @@ use channel_orchestrator::{
 use clap::Parser;
 use walkdir::{DirEntry, WalkDir};
 
+use status_line::StatusLine;
+
 #[path = "common/signals.rs"]
 mod signals;
+#[path = "common/status_line.rs"]
+mod status_line;
 #[path = "common/wc.rs"]
 mod wc;
 use wc::{Counter, Counts, WordCounts};
@@ -511,9 +515,7 @@ impl Report {
 /// One status line: redrawn in place when stderr is a terminal, a plain line every few
 /// seconds otherwise.
 struct Progress {
-    terminal: bool,
-    /// A line is drawn and not yet erased (terminal only).
-    drawn: bool,
+    line: StatusLine,
     /// Plain output: the uptime at which the next line is due.
     next_plain: Duration,
     /// The previous snapshot's uptime and byte total, for MB/s.
@@ -525,8 +527,7 @@ impl Progress {
 
     fn new() -> Self {
         Progress {
-            terminal: io::stderr().is_terminal(),
-            drawn: false,
+            line: StatusLine::new(),
             next_plain: Self::PLAIN_EVERY,
             last: (Duration::ZERO, 0),
         }
@@ -553,36 +554,20 @@ impl Progress {
             s.queued,
             report.errors.len(),
         );
-        if self.terminal {
-            // `\r` back to column 0, `ESC [2K` erases the old line; one write, so a note
-            // from this thread never lands in the middle of it.
-            self.write(&format!("\r\x1b[2K{text}"));
-            self.drawn = true;
+        if self.line.is_terminal() {
+            self.line.show(&text);
         } else if s.uptime >= self.next_plain {
-            self.write(&format!("{text}\n"));
+            self.line.show(&text);
             self.next_plain = s.uptime + Self::PLAIN_EVERY;
         }
     }
 
-    /// Prints a line that stays, above the progress line (which the next update redraws).
     fn note(&mut self, text: &str) {
-        let erase = if self.drawn { "\r\x1b[2K" } else { "" };
-        self.write(&format!("{erase}{text}\n"));
-        self.drawn = false;
+        self.line.note(text);
     }
 
-    /// Erases the progress line, so the report starts on a clean line.
     fn finish(&mut self) {
-        if self.drawn {
-            self.write("\r\x1b[2K");
-            self.drawn = false;
-        }
-    }
-
-    fn write(&self, text: &str) {
-        let mut err = io::stderr().lock();
-        let _ = err.write_all(text.as_bytes());
-        let _ = err.flush();
+        self.line.finish();
     }
 }
 

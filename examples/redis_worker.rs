@@ -28,7 +28,6 @@
 
 use std::collections::HashSet;
 use std::error::Error;
-use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -39,9 +38,12 @@ use channel_orchestrator::crossbeam_channel::{
 use channel_orchestrator::{MetricsEvent, MetricsSnapshot, Orchestrator, Response, Submitter};
 use clap::Parser;
 use redis::{Connection, Value};
+use status_line::StatusLine;
 
 #[path = "common/signals.rs"]
 mod signals;
+#[path = "common/status_line.rs"]
+mod status_line;
 #[path = "common/streams.rs"]
 mod streams;
 #[path = "common/wc.rs"]
@@ -431,9 +433,7 @@ impl Writer<'_> {
 struct Status {
     consumer: String,
     quiet: bool,
-    terminal: bool,
-    /// A line is drawn and not yet erased (terminal only).
-    drawn: bool,
+    line: StatusLine,
 }
 
 impl Status {
@@ -441,8 +441,7 @@ impl Status {
         Status {
             consumer: consumer.to_owned(),
             quiet,
-            terminal: io::stderr().is_terminal(),
-            drawn: false,
+            line: StatusLine::new(),
         }
     }
 
@@ -450,35 +449,18 @@ impl Status {
         if self.quiet {
             return;
         }
-        let text = format!(
+        self.line.show(&format!(
             "{}: completed {} | queued {} | in flight {} | {:.0} entries/s | acked {}",
             self.consumer, s.completed, s.queued, s.in_flight, s.throughput, acked
-        );
-        if self.terminal {
-            self.write(&format!("\r\x1b[2K{text}"));
-            self.drawn = true;
-        } else {
-            self.write(&format!("{text}\n"));
-        }
+        ));
     }
 
     /// A line that stays, above the status line.
     fn note(&mut self, text: &str) {
-        let erase = if self.drawn { "\r\x1b[2K" } else { "" };
-        self.write(&format!("{erase}{text}\n"));
-        self.drawn = false;
+        self.line.note(text);
     }
 
     fn finish(&mut self) {
-        if self.drawn {
-            self.write("\r\x1b[2K");
-            self.drawn = false;
-        }
-    }
-
-    fn write(&self, text: &str) {
-        let mut err = io::stderr().lock();
-        let _ = err.write_all(text.as_bytes());
-        let _ = err.flush();
+        self.line.finish();
     }
 }
