@@ -45,7 +45,6 @@
 //! of workers waiting on each other.
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -61,14 +60,17 @@ use crate::ids::RequestId;
 use crate::message::{Job, Never, Reply, Route, Stamp};
 use crate::metrics_thread::Counters;
 use crate::priority::{LANES, NORMAL};
-use crate::reentry::{Blocked, Inline};
+use crate::reentry::Blocked;
 
 mod calls;
 mod limit;
 mod live;
+mod reentrant;
 mod statics;
 
 pub(crate) use limit::{Dest, Limit};
+pub(crate) use reentrant::Begun;
+use reentrant::Reentry;
 pub(crate) use statics::Statics;
 
 /// Ids a thread takes from its pool's counter at a time.
@@ -158,28 +160,6 @@ pub(crate) struct Shared<Req, Resp> {
     pub(crate) stop: Arc<AtomicBool>,
     /// The pool's `queue_capacity`: a gate's default waiting room.
     pub(crate) queue_capacity: usize,
-}
-
-/// Whether a re-entrant caller may wait or must run its request inline.
-enum Reentry<'a, Req, Resp> {
-    /// Not a worker of this pool, or another worker is free: wait as usual (the guard, if
-    /// any, counts this worker as blocked until it is dropped).
-    Wait(Option<WaitGuard<'a>>),
-    /// Waiting would leave no worker free: run it here.
-    Inline(Rc<Inline<Req, Resp>>),
-}
-
-/// A `call` under way: the reply's receiver, and for a worker of this pool the guard that
-/// counts it as blocked until the answer arrives.
-pub(crate) type Begun<'a, Req, Resp> = (Receiver<Reply<Req, Resp>>, Option<WaitGuard<'a>>);
-
-/// Counts one worker as blocked in a re-entrant wait while it lives.
-pub(crate) struct WaitGuard<'a>(&'a Blocked, usize);
-
-impl Drop for WaitGuard<'_> {
-    fn drop(&mut self) {
-        self.0.unblock(self.1);
-    }
 }
 
 /// How many submits are in progress through one submitter handle (see the module docs).
@@ -382,22 +362,6 @@ impl<Req: Send, Resp: Send> Handle<Req, Resp> {
             }
         }
         Err((Refusal::Full, job, first))
-    }
-
-    /// Whether this thread, a worker of this pool, may block on it (marking itself
-    /// blocked), or must run its request inline because waiting could deadlock: no other
-    /// worker free, or — with per-key queues — the request's own worker (`target`, computed
-    /// only for a re-entrant caller) is this one or is blocked too.
-    fn reentry(&self, target: impl FnOnce() -> Option<usize>) -> Reentry<'_, Req, Resp> {
-        let Some((me, inline)) = self.inline_runner() else {
-            return Reentry::Wait(None);
-        };
-        let blocked = &*self.shared.blocked;
-        if blocked.block(me, target()) {
-            Reentry::Wait(Some(WaitGuard(blocked, me)))
-        } else {
-            Reentry::Inline(inline)
-        }
     }
 
     /// The per-key queue (= worker) of `req`, if this pool has per-key queues.
