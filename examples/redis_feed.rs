@@ -45,15 +45,8 @@ const MAX_FILE: u64 = 64 << 20;
 #[derive(Parser)]
 #[command(name = "redis_feed", version)]
 struct Args {
-    /// The Redis server
-    #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
-    redis: String,
-    /// The stream of jobs
-    #[arg(long, default_value = "jobs")]
-    stream: String,
-    /// The consumer group (created, reading from the stream's start, if missing)
-    #[arg(long, default_value = "workers")]
-    group: String,
+    #[command(flatten)]
+    at: streams::Group,
     /// The hash of results written by the workers
     #[arg(long, value_name = "KEY", default_value = "results")]
     results: String,
@@ -108,7 +101,7 @@ fn main() -> ExitCode {
 type Outcome = Result<bool, Box<dyn Error>>;
 
 fn connect(args: &Args) -> Result<Connection, Box<dyn Error>> {
-    Ok(redis::Client::open(args.redis.as_str())?.get_connection()?)
+    Ok(redis::Client::open(args.at.redis.as_str())?.get_connection()?)
 }
 
 /// The jobs: the files under `--dir` (path, bytes), then `--generate` payloads.
@@ -154,11 +147,11 @@ fn feed(args: &Args, con: &mut Connection) -> Outcome {
     }
     if args.reset {
         redis::cmd("DEL")
-            .arg(&args.stream)
+            .arg(&args.at.stream)
             .arg(&args.results)
             .exec(con)?;
     }
-    streams::ensure_group(con, &args.stream, &args.group)?;
+    streams::ensure_group(con, &args.at.stream, &args.at.group)?;
     let started = Instant::now();
     let (mut entries, mut bytes) = (0u64, 0u64);
     let mut pipe = redis::pipe();
@@ -166,7 +159,7 @@ fn feed(args: &Args, con: &mut Connection) -> Outcome {
     for (source, payload) in payloads(args) {
         bytes += payload.len() as u64;
         pipe.cmd("XADD")
-            .arg(&args.stream)
+            .arg(&args.at.stream)
             .arg("*")
             .arg(PAYLOAD)
             .arg(payload)
@@ -188,8 +181,8 @@ fn feed(args: &Args, con: &mut Connection) -> Outcome {
     println!(
         "fed {entries} entries ({:.1} MB) to {} for group {} in {:.2?}",
         bytes as f64 / 1e6,
-        args.stream,
-        args.group,
+        args.at.stream,
+        args.at.group,
         started.elapsed()
     );
     Ok(true)
@@ -221,7 +214,7 @@ fn verify(args: &Args, con: &mut Connection) -> Outcome {
     let mut start = "-".to_string();
     loop {
         let page: Value = redis::cmd("XRANGE")
-            .arg(&args.stream)
+            .arg(&args.at.stream)
             .arg(&start)
             .arg("+")
             .arg("COUNT")
@@ -268,8 +261,8 @@ fn verify(args: &Args, con: &mut Connection) -> Outcome {
     let extra = stored - (right + wrong);
     // XPENDING's summary form: [count, first id, last id, [[consumer, count], ...]].
     let summary: Value = redis::cmd("XPENDING")
-        .arg(&args.stream)
-        .arg(&args.group)
+        .arg(&args.at.stream)
+        .arg(&args.at.group)
         .query(con)?;
     let pending = match summary {
         Value::Array(parts) => match parts.first() {
@@ -282,7 +275,7 @@ fn verify(args: &Args, con: &mut Connection) -> Outcome {
     println!(
         "{}: {entries} entries, {right} right results, {missing} missing, {wrong} wrong, {extra} extra; {pending} pending in group {}",
         if ok { "verified" } else { "FAILED" },
-        args.group
+        args.at.group
     );
     Ok(ok)
 }

@@ -60,15 +60,8 @@ const TICK: Duration = Duration::from_secs(1);
 #[derive(Parser, Clone)]
 #[command(name = "redis_worker", version)]
 struct Args {
-    /// The Redis server
-    #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
-    redis: String,
-    /// The stream to read
-    #[arg(long, default_value = "jobs")]
-    stream: String,
-    /// The consumer group (created, reading from the stream's start, if missing)
-    #[arg(long, default_value = "workers")]
-    group: String,
+    #[command(flatten)]
+    at: streams::Group,
     /// This consumer's name in the group; keep it stable across restarts [default: worker-PID]
     #[arg(long, value_name = "NAME")]
     consumer: Option<String>,
@@ -129,11 +122,11 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         .clone()
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let signal = signals::interrupts("redis_worker");
-    let client = redis::Client::open(args.redis.as_str())?;
+    let client = redis::Client::open(args.at.redis.as_str())?;
     // Two connections: the reader blocks in XREADGROUP on its own, this thread writes.
     let mut writer = client.get_connection()?;
     let reader_con = client.get_connection()?;
-    streams::ensure_group(&mut writer, &args.stream, &args.group)?;
+    streams::ensure_group(&mut writer, &args.at.stream, &args.at.group)?;
 
     let mut builder = Orchestrator::builder()
         .queue_capacity(args.queue)
@@ -149,7 +142,7 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
     let limit = args.queue + workers;
     eprintln!(
         "redis_worker {consumer}: {} {} as {}/{consumer}, {workers} threads, at most {limit} entries unacked here",
-        args.redis, args.stream, args.group
+        args.at.redis, args.at.stream, args.at.group
     );
 
     let (acked_tx, acked_rx) = unbounded::<Vec<String>>();
@@ -159,8 +152,8 @@ fn run(args: Args) -> Result<(), Box<dyn Error>> {
         let reader = Reader {
             con: reader_con,
             submitter: orch.submitter(),
-            stream: args.stream.clone(),
-            group: args.group.clone(),
+            stream: args.at.stream.clone(),
+            group: args.at.group.clone(),
             consumer: consumer.clone(),
             limit,
             claim_idle: Duration::from_millis(args.claim_idle),
@@ -417,8 +410,8 @@ impl Writer<'_> {
         }
         if !ids.is_empty() {
             redis::cmd("XACK")
-                .arg(&self.args.stream)
-                .arg(&self.args.group)
+                .arg(&self.args.at.stream)
+                .arg(&self.args.at.group)
                 .arg(&ids)
                 .exec(&mut self.con)?;
             self.acked += ids.len() as u64;

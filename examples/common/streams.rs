@@ -4,6 +4,21 @@
 
 use redis::{Connection, RedisResult, Value};
 
+/// Where the jobs are: the server, the stream and the consumer group (the flags both
+/// examples take).
+#[derive(clap::Args, Clone)]
+pub struct Group {
+    /// The Redis server
+    #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis: String,
+    /// The stream of jobs
+    #[arg(long, default_value = "jobs")]
+    pub stream: String,
+    /// The consumer group (created, reading from the stream's start, if missing)
+    #[arg(long, default_value = "workers")]
+    pub group: String,
+}
+
 /// The field of a stream entry that holds the job's text.
 pub const PAYLOAD: &str = "payload";
 
