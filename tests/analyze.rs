@@ -1,6 +1,8 @@
 //! The `analyze` example run as a program: totals equal `wc`'s, unreadable paths don't stop it, Ctrl-C prints a partial report, options parse both ways.
 #![cfg(unix)]
 
+mod common;
+
 use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
@@ -20,28 +22,9 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn analyze_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo
-            .args(["build", "--example", "analyze", "--message-format=json"])
-            .arg("--manifest-path")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-        if !cfg!(debug_assertions) {
-            cargo.arg("--release");
-        }
-        let out = cargo.output().expect("cargo runs");
-        assert!(
-            out.status.success(),
-            "cargo build --example analyze failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|msg| {
-                msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "analyze"
-            })
-            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the example's executable")
+        common::build_examples(&["analyze"])
+            .remove("analyze")
+            .expect("built")
     })
 }
 

@@ -6,52 +6,26 @@
 //! passes as skipped.
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use redis::{Connection, Value};
-use serde_json::Value as Json;
 
 const ENTRIES: u64 = 20_000;
 /// The longest any wait of this test may take before it fails.
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Builds the two examples (a no-op under `cargo test`, which already built them) and returns
-/// their paths, by name.
+/// The two examples' executables, by name.
 fn examples() -> HashMap<String, PathBuf> {
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .args(["build", "--message-format=json"])
-        .args(["--example", "redis_worker", "--example", "redis_feed"])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-    if !cfg!(debug_assertions) {
-        cargo.arg("--release");
-    }
-    let out = cargo.output().expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo build --example redis_worker --example redis_feed failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bins: HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Json>(line).ok())
-        .filter(|msg| msg["reason"] == "compiler-artifact")
-        .filter_map(|msg| {
-            let name = msg["target"]["name"].as_str()?.to_owned();
-            let exe = msg["executable"].as_str()?;
-            Some((name, PathBuf::from(exe)))
-        })
-        .collect();
-    assert!(bins.contains_key("redis_worker") && bins.contains_key("redis_feed"));
-    bins
+    common::build_examples(&["redis_worker", "redis_feed"])
 }
 
 /// A `redis-server` on a free loopback port, without persistence, in a temporary directory;

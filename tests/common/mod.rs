@@ -427,3 +427,45 @@ impl Stop {
         }
     }
 }
+
+/// Builds the named examples (a no-op under `cargo test`, which already built them) with the
+/// profile this test runs in, and returns their executables by name.
+pub fn build_examples(names: &[&str]) -> std::collections::HashMap<String, std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--message-format=json"]);
+    for name in names {
+        cargo.args(["--example", name]);
+    }
+    cargo
+        .arg("--manifest-path")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+    if !cfg!(debug_assertions) {
+        cargo.arg("--release");
+    }
+    let out = cargo.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo build of the examples {names:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bins: std::collections::HashMap<String, PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact")
+        .filter_map(|msg| {
+            let name = msg["target"]["name"].as_str()?.to_owned();
+            let exe = msg["executable"].as_str()?;
+            Some((name, PathBuf::from(exe)))
+        })
+        .collect();
+    for name in names {
+        assert!(
+            bins.contains_key(*name),
+            "cargo names the executable of {name}"
+        );
+    }
+    bins
+}
