@@ -210,7 +210,9 @@ fn an_elastic_pool_grows_under_load_and_shrinks_back_after_keep_alive() {
     eventually("shrinks to the minimum", || orch.workers() == 1);
     eventually("one worker thread", || worker_threads(name) == 1);
     // The retirement reaches the metrics thread as an event, just after the thread is gone.
-    eventually("metrics list one worker", || orch.metrics().workers.len() == 1);
+    eventually("metrics list one worker", || {
+        orch.metrics().workers.len() == 1
+    });
     // It still works, and grows again.
     assert_eq!(orch.call(1), Ok(1));
     let report = within(WAIT, "shutdown", move || orch.shutdown());
